@@ -1,0 +1,148 @@
+"""Command-line interface: ``python -m retrieval COMMAND`` (extract, expand, evaluate)."""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from retrieval.backbones import AUTO, BACKBONE_NAMES, DEFAULT_RESIZE_MODE
+from retrieval.backbones.layers import POOLINGS
+from retrieval.images import RESIZE_MODES
+
+
+def collect_image_paths(pattern: str) -> list[Path]:
+    """Image files named by a directory (searched recursively), a glob pattern or one file."""
+    from retrieval.datasets.files import list_image_files
+
+    path = Path(pattern).expanduser()
+    if path.is_dir():
+        return list_image_files(path, recursive=True)
+    if path.is_file():
+        return [path]
+    matches = sorted(Path(p) for p in glob.glob(str(path), recursive=True))
+    files = [p for p in matches if p.is_file()]
+    if not files:
+        raise SystemExit(f"error: no files match {pattern!r}")
+    return files
+
+
+def save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
+    """Write an .npz next to its destination, then rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
+    try:
+        with os.fdopen(handle, "wb") as stream:
+            np.savez(stream, **arrays)
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+def _add_backbone_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--backbone",
+        default=AUTO,
+        choices=(AUTO, *BACKBONE_NAMES),
+        help="feature backbone; auto = resnet50 where its weights are present, "
+        "else efficientnet_lite0",
+    )
+    parser.add_argument(
+        "--weights",
+        type=Path,
+        help="ImageNet weights file for the backbone (resnet50: also $RETRIEVAL_RESNET50_WEIGHTS)",
+    )
+    parser.add_argument("--pooling", default="avg", choices=POOLINGS)
+    parser.add_argument("--resize-mode", default=DEFAULT_RESIZE_MODE, choices=RESIZE_MODES)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--no-cache", action="store_true", help="do not read or write the cache")
+
+
+def _load_backbone_from_args(args: argparse.Namespace):
+    from retrieval.backbones import WeightsNotFoundError, load_backbone
+
+    try:
+        return load_backbone(
+            args.backbone, weights=args.weights, pooling=args.pooling, resize_mode=args.resize_mode
+        )
+    except WeightsNotFoundError as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+def command_extract(args: argparse.Namespace) -> int:
+    """Extract float features of a folder or glob into an .npz file."""
+    from retrieval.features import extract_features
+
+    paths = collect_image_paths(args.images)
+    backbone = _load_backbone_from_args(args)
+    print(f"{len(paths)} files, backbone {backbone.name} ({backbone.cache_key})", file=sys.stderr)
+    start = time.perf_counter()
+    result = extract_features(paths, backbone, batch_size=args.batch_size, cache=not args.no_cache)
+    elapsed = time.perf_counter() - start
+    save_npz_atomic(
+        args.out,
+        features=result.features,
+        paths=np.asarray(result.paths, dtype=str),
+        skipped=np.asarray([f"{p}: {reason}" for p, reason in result.skipped], dtype=str),
+        backbone=np.asarray(backbone.name),
+        feature_key=np.asarray(backbone.cache_key),
+    )
+    print(
+        f"wrote {args.out}: {len(result.paths)} features of dimension {backbone.feature_dim} "
+        f"({result.computed} computed, {len(result.paths) - result.computed} from cache) "
+        f"in {elapsed:.1f} s"
+    )
+    if result.skipped:
+        print(f"skipped {len(result.skipped)} unreadable file(s):")
+        for path, reason in result.skipped:
+            print(f"  {path}: {reason}")
+    return 0
+
+
+def command_expand(args: argparse.Namespace) -> int:
+    """Write augmented views of every image of a dataset, and a manifest grouping them."""
+    from retrieval.datasets.augment import expand_cli
+
+    manifest = expand_cli(args.dataset, args.per_image, args.out, args.seed)
+    print(f"wrote {manifest}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``python -m retrieval``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m retrieval",
+        description="Image retrieval with learned binary codes.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    extract = commands.add_parser(
+        "extract", help="extract backbone features of images into an .npz file"
+    )
+    extract.add_argument("--images", required=True, help="a folder, a glob pattern or one file")
+    extract.add_argument("--out", required=True, type=Path, help="output .npz file")
+    _add_backbone_options(extract)
+    extract.set_defaults(handler=command_extract)
+
+    expand = commands.add_parser(
+        "expand", help="write augmented views of a dataset's images and a manifest CSV"
+    )
+    expand.add_argument("--dataset", required=True, help="dataset spec, e.g. folder:PATH")
+    expand.add_argument("--per-image", type=int, default=8, help="views per source image")
+    expand.add_argument("--out", required=True, type=Path, help="output folder")
+    expand.add_argument("--seed", type=int, default=0)
+    expand.set_defaults(handler=command_expand)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
