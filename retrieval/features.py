@@ -147,9 +147,9 @@ def extract_features(
         except OSError as error:
             errors[i] = f"cannot read file: {error.strerror or error}"
             continue
-        if store is not None and (hit := store.get(keys[i])) is not None:
-            if hit.shape == (backbone.feature_dim,):
-                vectors[i] = hit
+        hit = store.get(keys[i]) if store is not None else None
+        if hit is not None and hit.shape == (backbone.feature_dim,):
+            vectors[i] = hit
 
     todo = [i for i in range(len(paths)) if i not in vectors and i not in errors]
     computed = 0

@@ -171,7 +171,7 @@ def load_for_model(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     name: str | None = None,
 ) -> np.ndarray:
-    """Load, optionally crop to ``box``, and resize to the backbone's (size, size, 3) uint8 input."""
+    """Load, optionally crop to ``box``, and resize to a backbone's (size, size, 3) uint8 input."""
     # JPEG draft decoding only when no box: a box is given in full-resolution pixels.
     draft = None if box is not None else size
     image = open_image(source, max_pixels=max_pixels, draft_size=draft, name=name)

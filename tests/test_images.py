@@ -134,7 +134,7 @@ def test_bytes_and_upload_names(photo: np.ndarray) -> None:
     buffer = io.BytesIO()
     Image.fromarray(photo).save(buffer, "PNG")
     assert load_image(buffer.getvalue()).shape == (120, 160, 3)
-    with pytest.raises(ImageLoadError, match="upload.png"):
+    with pytest.raises(ImageLoadError, match=r"upload\.png"):
         load_image(b"garbage", name="upload.png")
 
 
