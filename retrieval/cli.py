@@ -115,6 +115,70 @@ def command_expand(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers, got {text!r}"
+        ) from None
+
+
+def _method_list(text: str) -> list[str]:
+    from retrieval.evaluation import METHODS
+
+    methods = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}"
+        )
+    return methods
+
+
+def command_evaluate(args: argparse.Namespace) -> int:
+    """Score methods on a dataset under its public protocol; print a table, store records."""
+    from retrieval.datasets import DatasetError, load_dataset
+    from retrieval.evaluation import comparison_table, dataset_features, evaluate_methods
+    from retrieval.results import append_record, write_json_atomic
+
+    methods = args.compare or [args.baseline]
+    try:
+        dataset = load_dataset(args.dataset)
+    except (DatasetError, FileNotFoundError) as error:
+        raise SystemExit(f"error: {error}") from None
+    backbone = _load_backbone_from_args(args)
+    print(
+        f"{dataset.name}: {len(dataset)} images, {len(dataset.queries)} queries; "
+        f"backbone {backbone.name}",
+        file=sys.stderr,
+    )
+    features = dataset_features(
+        dataset, backbone, crop_queries=not args.full_queries, batch_size=args.batch_size
+    )
+    records = evaluate_methods(
+        dataset, features, backbone, methods, args.bits, dataset_spec=args.dataset, seed=args.seed
+    )
+    for record in records:
+        if not args.no_store:
+            append_record(record, args.results)
+    if args.json:
+        write_json_atomic(args.json, records if len(records) > 1 else records[0])
+
+    print(f"\nmAP (%) on {args.dataset}: {features.query_crop}; ties: {records[0]['tie_break']}")
+    for protocol in dataset.protocols:
+        if len(dataset.protocols) > 1:
+            print(f"\nprotocol {protocol}:")
+        print(comparison_table(records, protocol))
+    if features.skipped:
+        print(f"\nskipped {len(features.skipped)} unreadable image(s):")
+        for path, reason in features.skipped:
+            print(f"  {path}: {reason}")
+    if args.json:
+        print(f"\nwrote {args.json}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m retrieval``."""
     parser = argparse.ArgumentParser(
@@ -139,6 +203,37 @@ def build_parser() -> argparse.ArgumentParser:
     expand.add_argument("--out", required=True, type=Path, help="output folder")
     expand.add_argument("--seed", type=int, default=0)
     expand.set_defaults(handler=command_expand)
+
+    from retrieval.datasets import DATASET_SPEC_HELP
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="mAP of float features and binary baselines under a dataset's public protocol",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=DATASET_SPEC_HELP,
+    )
+    evaluate.add_argument("--dataset", required=True, help="dataset spec (see below)")
+    methods = evaluate.add_mutually_exclusive_group()
+    methods.add_argument(
+        "--baseline", default="float", choices=("float", "lsh", "pca", "itq"), help="one method"
+    )
+    methods.add_argument(
+        "--compare", type=_method_list, help="comma-separated methods, e.g. float,lsh,pca,itq"
+    )
+    evaluate.add_argument(
+        "--bits", type=_int_list, default=[64], help="code lengths, e.g. 16,32,64,128"
+    )
+    evaluate.add_argument("--seed", type=int, default=0, help="seed of LSH and ITQ")
+    evaluate.add_argument(
+        "--full-queries", action="store_true", help="do not crop queries to their box"
+    )
+    evaluate.add_argument("--json", type=Path, help="also write the record(s) to this file")
+    evaluate.add_argument(
+        "--results", type=Path, help="results store (JSON lines) to append to; default data/"
+    )
+    evaluate.add_argument("--no-store", action="store_true", help="do not append to the store")
+    _add_backbone_options(evaluate)
+    evaluate.set_defaults(handler=command_evaluate)
     return parser
 
 

@@ -1,0 +1,64 @@
+"""The results store: evaluation records appended as JSON lines, read back by the dashboard."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from retrieval.config import results_path
+
+
+def append_record(record: dict[str, Any], path: Path | None = None) -> Path:
+    """Append one record as a JSON line, under an exclusive lock (safe with concurrent writers)."""
+    path = path or results_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps(record, sort_keys=True) + "\n"
+    with open(path, "a", encoding="utf-8") as stream:
+        fcntl.flock(stream, fcntl.LOCK_EX)
+        try:
+            stream.write(line)
+            stream.flush()
+            os.fsync(stream.fileno())
+        finally:
+            fcntl.flock(stream, fcntl.LOCK_UN)
+    return path
+
+
+def read_records(path: Path | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+    """All readable records, and a message for each line that is not valid JSON (never fatal)."""
+    path = path or results_path()
+    if not path.exists():
+        return [], []
+    records, problems = [], []
+    with open(path, encoding="utf-8") as stream:
+        for number, line in enumerate(stream, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                problems.append(f"{path}:{number}: not a JSON record ({error.msg})")
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+            else:
+                problems.append(f"{path}:{number}: not a JSON object")
+    return records, problems
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Write JSON to a temp file beside ``path`` and rename it over."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(dir=path.parent, suffix=".json.tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            json.dump(payload, stream, indent=2, sort_keys=True)
+            stream.write("\n")
+        os.replace(temp, path)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
