@@ -179,6 +179,37 @@ def command_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_demo(args: argparse.Namespace) -> int:
+    """Build the embedded demo collection and its features (what ``make run`` calls)."""
+    from retrieval.config import data_dir
+    from retrieval.datasets.demo import build_demo_collection
+    from retrieval.datasets.manifest import load_manifest
+    from retrieval.features import extract_features
+
+    manifest = build_demo_collection()
+    dataset = load_manifest(manifest)
+    backbone = _load_backbone_from_args(args)
+    out = args.out or data_dir() / f"demo_features_{backbone.name}.npz"
+    if out.exists() and not args.force:
+        print(f"demo collection: {manifest.parent} ({len(dataset)} images)")
+        print(f"demo features:   {out} (already built; --force rebuilds)")
+        return 0
+    result = extract_features(
+        dataset.image_paths, backbone, batch_size=args.batch_size, description="demo features"
+    )
+    save_npz_atomic(
+        out,
+        features=result.features,
+        paths=np.asarray(result.paths, dtype=str),
+        skipped=np.asarray([f"{p}: {reason}" for p, reason in result.skipped], dtype=str),
+        backbone=np.asarray(backbone.name),
+        feature_key=np.asarray(backbone.cache_key),
+    )
+    print(f"demo collection: {manifest.parent} ({len(dataset)} images)")
+    print(f"demo features:   {out} ({result.features.shape[0]} x {result.features.shape[1]})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``python -m retrieval``."""
     parser = argparse.ArgumentParser(
@@ -203,6 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
     expand.add_argument("--out", required=True, type=Path, help="output folder")
     expand.add_argument("--seed", type=int, default=0)
     expand.set_defaults(handler=command_expand)
+
+    demo = commands.add_parser(
+        "demo", help="build the embedded demo collection and its features under data/"
+    )
+    demo.add_argument("--out", type=Path, help="features file (default data/demo_features_*.npz)")
+    demo.add_argument("--force", action="store_true", help="recompute the features file")
+    _add_backbone_options(demo)
+    demo.set_defaults(handler=command_demo)
 
     from retrieval.datasets import DATASET_SPEC_HELP
 

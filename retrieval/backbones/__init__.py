@@ -18,7 +18,7 @@ from retrieval.backbones.layers import POOLINGS, global_pooling
 from retrieval.backbones.resnet50 import WeightsNotFoundError, resnet50_weights_available
 
 # Measured on the demo collection (README): whole-image resize keeps what a crop would cut off.
-DEFAULT_RESIZE_MODE = "center-crop"
+DEFAULT_RESIZE_MODE = "resize"
 
 AUTO = "auto"
 
