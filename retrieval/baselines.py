@@ -54,10 +54,11 @@ class BinaryEncoder:
 
 def _pca_projection(centred: np.ndarray, bits: int) -> np.ndarray:
     """(D, K) top principal directions; K may not exceed the rank available."""
-    limit = min(centred.shape)
+    # Centring N points leaves rank at most N - 1.
+    limit = min(centred.shape[0] - 1, centred.shape[1])
     if bits > limit:
         raise ValueError(
-            f"PCA-based codes need bits <= min(images, dimensions) = {limit}, got {bits}"
+            f"PCA-based codes need bits <= min(images - 1, dimensions) = {limit}, got {bits}"
         )
     _, _, vt = np.linalg.svd(centred, full_matrices=False)
     return vt[:bits].T

@@ -124,6 +124,16 @@ def _int_list(text: str) -> list[int]:
         ) from None
 
 
+def _bits_list(text: str) -> list[int]:
+    bits = _int_list(text)
+    bad = [b for b in bits if b <= 0 or b % 8]
+    if bad or not bits:
+        raise argparse.ArgumentTypeError(
+            f"code lengths must be positive multiples of 8 (packed bytes), got {text!r}"
+        )
+    return bits
+
+
 def _method_list(text: str) -> list[str]:
     from retrieval.evaluation import METHODS
 
@@ -156,9 +166,18 @@ def command_evaluate(args: argparse.Namespace) -> int:
     features = dataset_features(
         dataset, backbone, crop_queries=not args.full_queries, batch_size=args.batch_size
     )
-    records = evaluate_methods(
-        dataset, features, backbone, methods, args.bits, dataset_spec=args.dataset, seed=args.seed
-    )
+    try:
+        records = evaluate_methods(
+            dataset,
+            features,
+            backbone,
+            methods,
+            args.bits,
+            dataset_spec=args.dataset,
+            seed=args.seed,
+        )
+    except ValueError as error:  # e.g. more PCA bits than the features allow
+        raise SystemExit(f"error: {error}") from None
     for record in records:
         if not args.no_store:
             append_record(record, args.results)
@@ -260,7 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--compare", type=_method_list, help="comma-separated methods, e.g. float,lsh,pca,itq"
     )
     evaluate.add_argument(
-        "--bits", type=_int_list, default=[64], help="code lengths, e.g. 16,32,64,128"
+        "--bits", type=_bits_list, default=[64], help="code lengths, e.g. 16,32,64,128"
     )
     evaluate.add_argument("--seed", type=int, default=0, help="seed of LSH and ITQ")
     evaluate.add_argument(

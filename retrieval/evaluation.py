@@ -76,7 +76,7 @@ def dataset_features(
         queries=queries.features,
         query_indices=queries.indices,
         query_crop=crop,
-        skipped=database.skipped + queries.skipped,
+        skipped=list(dict.fromkeys(database.skipped + queries.skipped)),
         seconds=time.perf_counter() - start,
     )
 
@@ -202,8 +202,11 @@ def evaluate_methods(
 
 def comparison_table(records: Sequence[dict[str, Any]], protocol: str) -> str:
     """Markdown table of mAP (%), methods as rows and code lengths as columns."""
-    bit_columns = sorted({r["bits"] for r in records if r["bits"] is not None})
-    header = "| method | " + " | ".join(f"{b} bits" for b in bit_columns) + " |"
+    bit_columns: list[int | None] = sorted({r["bits"] for r in records if r["bits"] is not None})
+    if not bit_columns:
+        bit_columns = [None]  # float alone: one mAP column
+    header = "| method | " + " | ".join("mAP" if b is None else f"{b} bits" for b in bit_columns)
+    header += " |"
     lines = [header, "|---|" + "---:|" * len(bit_columns)]
     methods = list(dict.fromkeys(r["method"] for r in records))
     for method in methods:

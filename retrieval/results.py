@@ -17,10 +17,15 @@ def append_record(record: dict[str, Any], path: Path | None = None) -> Path:
     path = path or results_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     line = json.dumps(record, sort_keys=True) + "\n"
-    with open(path, "a", encoding="utf-8") as stream:
+    with open(path, "a+b") as stream:
         fcntl.flock(stream, fcntl.LOCK_EX)
         try:
-            stream.write(line)
+            # A line left without its newline (a killed writer) must not swallow this record.
+            if stream.seek(0, os.SEEK_END) > 0:
+                stream.seek(-1, os.SEEK_END)
+                if stream.read(1) != b"\n":
+                    line = "\n" + line
+            stream.write(line.encode("utf-8"))
             stream.flush()
             os.fsync(stream.fileno())
         finally:
