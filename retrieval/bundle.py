@@ -372,7 +372,7 @@ def _new_rows(
         if values is not None and len(values) != n:
             raise ValueError(f"{len(values)} {name} for {n} codes")
     if content_hashes is None:
-        from retrieval.features import content_hash  # heavy import (TensorFlow): only here
+        from retrieval.storage import content_hash
 
         content_hashes = [content_hash(p) for p in paths]
     new_ids = list(range(first_id, first_id + n)) if ids is None else [int(i) for i in ids]

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import glob
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -35,15 +33,10 @@ def collect_image_paths(pattern: str) -> list[Path]:
 
 def save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
     """Write an .npz next to its destination, then rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            np.savez(stream, **arrays)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    from retrieval.storage import atomic_write
+
+    with atomic_write(path) as stream:
+        np.savez(stream, **arrays)
 
 
 def _add_backbone_options(parser: argparse.ArgumentParser) -> None:
@@ -135,29 +128,89 @@ def _bits_list(text: str) -> list[int]:
 
 
 def _method_list(text: str) -> list[str]:
-    from retrieval.evaluation import METHODS
+    from retrieval.evaluation import ALL_METHODS
 
     methods = [part.strip() for part in text.split(",") if part.strip()]
-    unknown = [m for m in methods if m not in METHODS]
+    unknown = [m for m in methods if m not in ALL_METHODS]
     if unknown:
         raise argparse.ArgumentTypeError(
-            f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}"
+            f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(ALL_METHODS)}"
         )
     return methods
+
+
+def _load_backbone_for_model(args: argparse.Namespace, config: dict):
+    """The backbone a model was trained on (name, pooling, resize mode from its config)."""
+    from retrieval.backbones import WeightsNotFoundError, load_backbone
+
+    if args.backbone not in (AUTO, config.get("backbone")):
+        print(
+            f"note: --backbone {args.backbone} ignored; the model needs {config.get('backbone')}",
+            file=sys.stderr,
+        )
+    try:
+        return load_backbone(
+            config.get("backbone"),
+            weights=args.weights,
+            pooling=config.get("pooling", "avg"),
+            resize_mode=config.get("resize_mode", DEFAULT_RESIZE_MODE),
+        )
+    except (WeightsNotFoundError, ValueError) as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+def _learned_model(args: argparse.Namespace, dataset):
+    """Load ``--model`` with the backbone it needs; refuse its own training data unless allowed."""
+    from retrieval.hashing import (
+        HashModelError,
+        load_hash_model,
+        read_model_config,
+        training_overlap,
+    )
+
+    try:
+        config = read_model_config(args.model)
+        backbone = _load_backbone_for_model(args, config)
+        model = load_hash_model(
+            args.model,
+            backbone=backbone.name,
+            feature_key=backbone.cache_key,
+            feature_dim=backbone.feature_dim,
+        )
+    except HashModelError as error:
+        raise SystemExit(f"error: {error}") from None
+    model.config["path"] = str(args.model)
+    reason = training_overlap(model.config, args.dataset, dataset.image_paths)
+    if reason and not args.allow_train_eval:
+        raise SystemExit(
+            f"error: refusing to evaluate {args.model} on its training data ({reason}); "
+            "evaluate on held-out groups (heldout.csv in the model directory) or pass "
+            "--allow-train-eval (the record then says so)"
+        )
+    if reason:
+        print(f"warning: scoring on training data: {reason}", file=sys.stderr)
+    return model, backbone, reason is not None
 
 
 def command_evaluate(args: argparse.Namespace) -> int:
     """Score methods on a dataset under its public protocol; print a table, store records."""
     from retrieval.datasets import DatasetError, load_dataset
-    from retrieval.evaluation import comparison_table, dataset_features, evaluate_methods
+    from retrieval.evaluation import LEARNED, comparison_table, dataset_features, evaluate_methods
     from retrieval.results import append_record, write_json_atomic
 
-    methods = args.compare or [args.baseline]
+    methods = args.compare or [args.baseline or (LEARNED if args.model else "float")]
+    if LEARNED in methods and args.model is None:
+        raise SystemExit("error: method 'learned' needs a trained model: --model DIR")
     try:
         dataset = load_dataset(args.dataset)
     except (DatasetError, FileNotFoundError) as error:
         raise SystemExit(f"error: {error}") from None
-    backbone = _load_backbone_from_args(args)
+    model, train_eval = None, False
+    if args.model is not None:
+        model, backbone, train_eval = _learned_model(args, dataset)
+    else:
+        backbone = _load_backbone_from_args(args)
+    bits = args.bits or ([model.bits] if model is not None else [64])
     print(
         f"{dataset.name}: {len(dataset)} images, {len(dataset.queries)} queries; "
         f"backbone {backbone.name}",
@@ -172,9 +225,11 @@ def command_evaluate(args: argparse.Namespace) -> int:
             features,
             backbone,
             methods,
-            args.bits,
+            bits,
             dataset_spec=args.dataset,
             seed=args.seed,
+            model=model,
+            train_eval=train_eval,
         )
     except ValueError as error:  # e.g. more PCA bits than the features allow
         raise SystemExit(f"error: {error}") from None
@@ -273,13 +328,29 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--dataset", required=True, help="dataset spec (see below)")
     methods = evaluate.add_mutually_exclusive_group()
     methods.add_argument(
-        "--baseline", default="float", choices=("float", "lsh", "pca", "itq"), help="one method"
+        "--baseline",
+        default=None,
+        choices=("float", "lsh", "pca", "itq", "learned"),
+        help="one method (default float, or learned with --model)",
     )
     methods.add_argument(
-        "--compare", type=_method_list, help="comma-separated methods, e.g. float,lsh,pca,itq"
+        "--compare",
+        type=_method_list,
+        help="comma-separated methods, e.g. float,lsh,pca,itq,learned",
     )
     evaluate.add_argument(
-        "--bits", type=_bits_list, default=[64], help="code lengths, e.g. 16,32,64,128"
+        "--bits",
+        type=_bits_list,
+        default=None,
+        help="code lengths, e.g. 16,32,64,128 (default 64, or the model's with --model)",
+    )
+    evaluate.add_argument(
+        "--model", type=Path, help="a trained hash model directory (python -m training)"
+    )
+    evaluate.add_argument(
+        "--allow-train-eval",
+        action="store_true",
+        help="allow scoring a model on its own training data (recorded as such)",
     )
     evaluate.add_argument("--seed", type=int, default=0, help="seed of LSH and ITQ")
     evaluate.add_argument(

@@ -8,8 +8,6 @@ image is recomputed.
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,17 +19,9 @@ from tqdm.auto import tqdm
 from retrieval.backbones import Backbone
 from retrieval.config import feature_cache_dir
 from retrieval.images import ImageLoadError, ImageSource, load_for_model
+from retrieval.storage import atomic_write, content_hash
 
 Box = Sequence[float]
-
-
-def content_hash(path: str | Path) -> str:
-    """SHA-256 of a file's bytes (hex): an image's identity, whatever its name."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _item_key(file_hash: str, box: Box | None) -> str:
@@ -60,16 +50,8 @@ class FeatureCache:
 
     def put(self, key: str, vector: np.ndarray) -> None:
         """Store a vector: write a temp file beside it, then rename over."""
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        try:
-            with os.fdopen(handle, "wb") as stream:
-                np.save(stream, np.asarray(vector, dtype=np.float32), allow_pickle=False)
-            os.replace(temp, path)
-        except BaseException:
-            Path(temp).unlink(missing_ok=True)
-            raise
+        with atomic_write(self._path(key)) as stream:
+            np.save(stream, np.asarray(vector, dtype=np.float32), allow_pickle=False)
 
 
 @dataclass

@@ -5,11 +5,11 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from retrieval.config import results_path
+from retrieval.storage import atomic_write
 
 
 def append_record(record: dict[str, Any], path: Path | None = None) -> Path:
@@ -57,13 +57,6 @@ def read_records(path: Path | None = None) -> tuple[list[dict[str, Any]], list[s
 
 def write_json_atomic(path: Path, payload: Any) -> None:
     """Write JSON to a temp file beside ``path`` and rename it over."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, suffix=".json.tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(payload, stream, indent=2, sort_keys=True)
-            stream.write("\n")
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path, "w", encoding="utf-8") as stream:
+        json.dump(payload, stream, indent=2, sort_keys=True)
+        stream.write("\n")

@@ -61,7 +61,7 @@ def test_round_trip(tmp_path):
 
 
 def test_content_hashes_come_from_features_module(tmp_path):
-    from retrieval.features import content_hash
+    from retrieval.storage import content_hash
 
     files = []
     for i in range(3):
