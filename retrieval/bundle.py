@@ -8,6 +8,7 @@ Layout (format version 1)::
     features.npy      optional (N, D) float32 features for re-ranking
     metadata.jsonl    one JSON object per row: id, path, content_hash, group, added
     tombstones.jsonl  one JSON object per removed id: id, removed (time)
+    model/            optional copy of the hash model directory that made the codes
 
 Every write builds a complete new bundle in a hidden temp directory beside the target, then
 swaps it into place with one rename (``renameat2(RENAME_EXCHANGE)`` on Linux), so an interrupted
@@ -45,6 +46,8 @@ CODES = "codes.npy"
 FEATURES = "features.npy"
 METADATA = "metadata.jsonl"
 TOMBSTONES = "tombstones.jsonl"
+MODEL_DIR = "model"
+_ROW_FILES = (CODES, FEATURES, METADATA, TOMBSTONES)
 
 
 class BundleError(Exception):
@@ -71,6 +74,12 @@ class Bundle:
     def model(self) -> dict[str, Any]:
         """The model reference the caller stored (opaque here)."""
         return self.manifest["model"]
+
+    @property
+    def model_dir(self) -> Path | None:
+        """The bundle's own copy of the hash model directory, when it has one."""
+        listed = any(name.startswith(f"{MODEL_DIR}/") for name in self.manifest["files"])
+        return self.path / MODEL_DIR if listed else None
 
     @property
     def ids(self) -> np.ndarray:
@@ -112,17 +121,37 @@ def write_bundle(
     groups: Sequence[Any] | None = None,
     features: np.ndarray | None = None,
     ids: Sequence[int] | np.ndarray | None = None,
+    model_dir: str | Path | None = None,
 ) -> Bundle:
     """Create (or replace) a bundle from codes and their images; returns it loaded.
 
-    Content hashes are computed with ``retrieval.features.content_hash`` when not given.
+    Content hashes are computed with ``retrieval.storage.content_hash`` when not given.
+    ``model_dir``'s files are copied into the bundle (``model/``), checksummed like the rest.
     """
     target = Path(path)
     codes = _as_codes(codes)
     rows = _new_rows(paths, len(codes), content_hashes, groups, ids, first_id=0)
     manifest = _base_manifest(model, bits=codes.shape[1] * 8)
+    attachments = {}
+    if model_dir is not None:
+        attachments = {
+            f"{MODEL_DIR}/{file.name}": file
+            for file in sorted(Path(model_dir).iterdir())
+            if file.is_file()
+        }
+        if not attachments:
+            raise ValueError(f"{model_dir}: no model files to put in the bundle")
     with _locked(target):
-        _commit(target, manifest, codes, _as_features(features, len(codes)), rows, {}, None)
+        _commit(
+            target,
+            manifest,
+            codes,
+            _as_features(features, len(codes)),
+            rows,
+            {},
+            None,
+            attachments=attachments,
+        )
     return load_bundle(target)
 
 
@@ -209,8 +238,13 @@ def _commit(
     removed: dict[int, str],
     previous: Path | None,
     unchanged: Sequence[str] = (),
+    attachments: dict[str, Path] | None = None,
 ) -> None:
-    """Write a complete bundle into a temp dir beside ``target``, then swap it into place."""
+    """Write a complete bundle into a temp dir beside ``target``, then swap it into place.
+
+    ``attachments`` (bundle name -> source file) are copied in; an update carries over the
+    previous bundle's attachments unchanged.
+    """
     _refuse_non_bundle(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     temp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
@@ -231,6 +265,15 @@ def _commit(
             else:
                 write(temp / name)
                 files[name] = _file_entry(temp / name)
+        for name, source in (attachments or {}).items():
+            (temp / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, temp / name)
+            files[name] = _file_entry(temp / name)
+        for name, entry in old_files.items():
+            if name not in _ROW_FILES and name not in files:
+                (temp / name).parent.mkdir(parents=True, exist_ok=True)
+                _link_or_copy(previous / name, temp / name)
+                files[name] = entry
         live = sum(1 for row in metadata if row["id"] not in removed)
         all_ids = [row["id"] for row in metadata] + list(removed)
         new_manifest = dict(manifest)

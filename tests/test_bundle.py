@@ -60,7 +60,7 @@ def test_round_trip(tmp_path):
     assert loaded.lookup([ids[0, 0], -1])[0]["id"] == ids[0, 0]
 
 
-def test_content_hashes_come_from_features_module(tmp_path):
+def test_content_hashes_come_from_the_storage_module(tmp_path):
     from retrieval.storage import content_hash
 
     files = []
@@ -209,3 +209,29 @@ def test_refuses_to_replace_a_directory_that_is_not_a_bundle(tmp_path):
     with pytest.raises(BundleError, match="refusing to replace"):
         make_bundle(photos)
     assert (photos / "cat.jpg").exists()
+
+
+def test_model_directory_travels_with_the_bundle(tmp_path):
+    model = tmp_path / "model_src"
+    model.mkdir()
+    (model / "config.json").write_text('{"bits": 32}')
+    (model / "head.keras").write_bytes(b"weights" * 100)
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 256, (6, 4), dtype=np.uint8)
+    paths = [f"img{i}.jpg" for i in range(6)]
+    hashes = [f"{i:064x}" for i in range(6)]
+    target = tmp_path / "bundle"
+    built = write_bundle(
+        target, codes, model={"bits": 32}, paths=paths, content_hashes=hashes, model_dir=model
+    )
+    assert built.model_dir == target / "model"
+    assert (built.model_dir / "head.keras").read_bytes() == b"weights" * 100
+    # Updates carry the model over unchanged, still checksummed.
+    extra = rng.integers(0, 256, (2, 4), dtype=np.uint8)
+    grown = add_to_bundle(target, extra, paths=["a.jpg", "b.jpg"], content_hashes=hashes[:2])
+    shrunk = remove_from_bundle(target, [0], compact=True)
+    assert grown.model_dir is not None and shrunk.model_dir is not None
+    assert json.loads((shrunk.model_dir / "config.json").read_text()) == {"bits": 32}
+    (target / "model" / "head.keras").write_bytes(b"tampered" * 100)
+    with pytest.raises(BundleError, match=r"model/head\.keras"):
+        load_bundle(target)
