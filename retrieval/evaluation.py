@@ -1,7 +1,8 @@
 """Protocol evaluation: rank the whole database per query, score with the public AP, keep records.
 
-A *method* turns float features into what is ranked: ``float`` (cosine, the upper reference)
-or an unsupervised binary baseline (``lsh``, ``pca``, ``itq``) ranked by Hamming distance.
+A *method* turns float features into what is ranked: ``float`` (cosine, the upper reference),
+an unsupervised binary baseline (``lsh``, ``pca``, ``itq``) or ``learned`` (a trained hash head,
+``retrieval.hashing.HashModel``), the binary ones ranked by Hamming distance.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,7 +22,12 @@ from retrieval.features import extract_features
 from retrieval.metrics import average_precisions, mean_average_precision, precision_at_k
 from retrieval.ranking import TIE_BREAK, pack_bits, rank_by_cosine, rank_by_hamming
 
+if TYPE_CHECKING:
+    from retrieval.hashing import HashModel
+
 METHODS = ("float", *BASELINES)
+LEARNED = "learned"
+ALL_METHODS = (*METHODS, LEARNED)
 PRECISION_KS = (1, 5, 10)
 RECORD_VERSION = 1
 
@@ -82,9 +88,16 @@ def dataset_features(
 
 
 def rank_with_method(
-    method: str, bits: int | None, features: DatasetFeatures, seed: int = 0
+    method: str,
+    bits: int | None,
+    features: DatasetFeatures,
+    seed: int = 0,
+    model: HashModel | None = None,
 ) -> tuple[np.ndarray, dict[str, float]]:
-    """Full rankings (dataset indices, best first) of every readable query, and timings."""
+    """Full rankings (dataset indices, best first) of every readable query, and timings.
+
+    ``learned`` needs ``model`` (its bits are the model's).
+    """
     timing: dict[str, float] = {}
     start = time.perf_counter()
     if method == "float":
@@ -98,8 +111,16 @@ def rank_with_method(
         timing["encode_s"] = time.perf_counter() - start
         start = time.perf_counter()
         ranking = rank_by_hamming(query_codes, database_codes)
+    elif method == LEARNED:
+        if model is None:
+            raise ValueError("method 'learned' needs a trained model (--model DIR)")
+        database_codes = model.encode_packed(features.database)
+        query_codes = model.encode_packed(features.queries)
+        timing["encode_s"] = time.perf_counter() - start
+        start = time.perf_counter()
+        ranking = rank_by_hamming(query_codes, database_codes)
     else:
-        raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+        raise ValueError(f"unknown method {method!r}; choose from {', '.join(ALL_METHODS)}")
     timing["rank_s"] = time.perf_counter() - start
     # Rows of the feature matrix back to dataset indices (unreadable images are never ranked).
     return features.database_indices[ranking], timing
@@ -153,11 +174,18 @@ def evaluate_method(
     *,
     dataset_spec: str,
     seed: int = 0,
+    model: HashModel | None = None,
+    train_eval: bool = False,
 ) -> dict[str, Any]:
-    """One evaluation record: the method's scores on every protocol, and how they were made."""
-    rankings, timing = rank_with_method(method, bits, features, seed=seed)
+    """One evaluation record: the method's scores on every protocol, and how they were made.
+
+    ``train_eval`` marks a learned model scored on (part of) its own training data.
+    """
+    if method == LEARNED and model is not None:
+        bits = model.bits
+    rankings, timing = rank_with_method(method, bits, features, seed=seed, model=model)
     protocols = score_rankings(dataset, rankings, features.query_indices)
-    return {
+    record = {
         "version": RECORD_VERSION,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "dataset": dataset_spec,
@@ -176,6 +204,17 @@ def evaluate_method(
         "timing": {"features_s": round(features.seconds, 3), **timing},
         "skipped": [f"{path}: {reason}" for path, reason in features.skipped],
     }
+    if method == LEARNED and model is not None:
+        training = model.config.get("training", {})
+        record["fit"] = f"learned head, trained on {training.get('dataset', 'unknown data')}"
+        record["model"] = {
+            "path": model.config.get("path"),
+            "mining": training.get("config", {}).get("mining"),
+            "training_dataset": training.get("dataset"),
+            "train_groups": len(training.get("train_groups", [])),
+        }
+        record["train_eval"] = train_eval
+    return record
 
 
 def evaluate_methods(
@@ -187,14 +226,31 @@ def evaluate_methods(
     *,
     dataset_spec: str,
     seed: int = 0,
+    model: HashModel | None = None,
+    train_eval: bool = False,
 ) -> list[dict[str, Any]]:
-    """Records for every method at every code length (``float`` once, it has no bits)."""
+    """Records for every method at every code length (``float`` once, it has no bits;
+    ``learned`` once, at the model's bits)."""
     records = []
     for method in methods:
-        for k in [None] if method == "float" else bits:
+        if method == "float":
+            lengths: Sequence[int | None] = [None]
+        elif method == LEARNED:
+            lengths = [model.bits if model is not None else None]
+        else:
+            lengths = bits
+        for k in lengths:
             records.append(
                 evaluate_method(
-                    dataset, features, backbone, method, k, dataset_spec=dataset_spec, seed=seed
+                    dataset,
+                    features,
+                    backbone,
+                    method,
+                    k,
+                    dataset_spec=dataset_spec,
+                    seed=seed,
+                    model=model,
+                    train_eval=train_eval,
                 )
             )
     return records
