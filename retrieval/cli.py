@@ -254,33 +254,71 @@ def command_evaluate(args: argparse.Namespace) -> int:
 
 
 def command_demo(args: argparse.Namespace) -> int:
-    """Build the embedded demo collection and its features (what ``make run`` calls)."""
-    from retrieval.config import data_dir
-    from retrieval.datasets.demo import build_demo_collection
-    from retrieval.datasets.manifest import load_manifest
-    from retrieval.features import extract_features
+    """Build the demo collection, model and index when missing (what ``make run`` calls)."""
+    from retrieval.quickstart import ensure_demo
 
-    manifest = build_demo_collection()
-    dataset = load_manifest(manifest)
-    backbone = _load_backbone_from_args(args)
-    out = args.out or data_dir() / f"demo_features_{backbone.name}.npz"
-    if out.exists() and not args.force:
-        print(f"demo collection: {manifest.parent} ({len(dataset)} images)")
-        print(f"demo features:   {out} (already built; --force rebuilds)")
+    artifacts = ensure_demo(force=args.force)
+    print(f"demo collection: {artifacts.manifest.parent}")
+    print(f"demo model:      {artifacts.model_dir}")
+    print(f"demo index:      {artifacts.index_dir}")
+    return 0
+
+
+def _print_skipped(skipped: list[tuple[str, str]]) -> None:
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable file(s):")
+        for path, reason in skipped:
+            print(f"  {path}: {reason}")
+
+
+def command_index(args: argparse.Namespace) -> int:
+    """Encode a dataset's images with a hash model into an index bundle."""
+    from retrieval.bundle import BundleError
+    from retrieval.datasets import DatasetError, load_dataset
+    from retrieval.hashing import HashModelError
+    from retrieval.search import build_index
+
+    try:
+        dataset = load_dataset(args.dataset)
+        report = build_index(
+            args.model,
+            dataset.image_paths,
+            args.out,
+            groups=dataset.groups,
+            store_features=not args.no_features,
+            weights=args.weights,
+            batch_size=args.batch_size,
+        )
+    except (DatasetError, HashModelError, BundleError, FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"error: {error}") from None
+    print(
+        f"wrote {args.out}: {report.added} images, {report.bundle.bits}-bit codes "
+        f"({report.computed} features computed, {report.added - report.computed} from cache) "
+        f"in {report.seconds:.1f} s"
+    )
+    _print_skipped(report.skipped)
+    return 0
+
+
+def command_search(args: argparse.Namespace) -> int:
+    """Rank an index's images for one query image; print paths and Hamming distances."""
+    from retrieval.bundle import BundleError
+    from retrieval.hashing import HashModelError
+    from retrieval.images import ImageLoadError
+    from retrieval.search import Searcher, response_as_json
+
+    try:
+        searcher = Searcher(args.index, kind=args.kind, weights=args.weights)
+        response = searcher.search(args.image, args.top_k, rerank=args.rerank)
+    except (BundleError, HashModelError, ImageLoadError, ValueError) as error:
+        raise SystemExit(f"error: {error}") from None
+    if args.json:
+        print(response_as_json(response))
         return 0
-    result = extract_features(
-        dataset.image_paths, backbone, batch_size=args.batch_size, description="demo features"
-    )
-    save_npz_atomic(
-        out,
-        features=result.features,
-        paths=np.asarray(result.paths, dtype=str),
-        skipped=np.asarray([f"{p}: {reason}" for p, reason in result.skipped], dtype=str),
-        backbone=np.asarray(backbone.name),
-        feature_key=np.asarray(backbone.cache_key),
-    )
-    print(f"demo collection: {manifest.parent} ({len(dataset)} images)")
-    print(f"demo features:   {out} ({result.features.shape[0]} x {result.features.shape[1]})")
+    for hit in response.hits:
+        print(f"{hit.rank:>4}  {hit.distance:>4}  {hit.path}")
+    timings = ", ".join(f"{key} {value:.1f} ms" for key, value in response.timings_ms.items())
+    print(f"{len(searcher)} images searched; {timings}; ties: {response.tie_break}")
     return 0
 
 
@@ -310,12 +348,33 @@ def build_parser() -> argparse.ArgumentParser:
     expand.set_defaults(handler=command_expand)
 
     demo = commands.add_parser(
-        "demo", help="build the embedded demo collection and its features under data/"
+        "demo", help="build the demo collection, model and index under data/ when missing"
     )
-    demo.add_argument("--out", type=Path, help="features file (default data/demo_features_*.npz)")
-    demo.add_argument("--force", action="store_true", help="recompute the features file")
-    _add_backbone_options(demo)
+    demo.add_argument("--force", action="store_true", help="rebuild all three")
     demo.set_defaults(handler=command_demo)
+
+    index = commands.add_parser("index", help="encode a dataset into an index bundle")
+    index.add_argument("--model", required=True, type=Path, help="hash model directory")
+    index.add_argument("--dataset", required=True, help="dataset spec, e.g. folder:PATH")
+    index.add_argument("--out", required=True, type=Path, help="bundle directory to write")
+    index.add_argument(
+        "--no-features", action="store_true", help="store no float features (no --rerank)"
+    )
+    index.add_argument("--weights", type=Path, help="backbone ImageNet weights file")
+    index.add_argument("--batch-size", type=int, default=32)
+    index.set_defaults(handler=command_index)
+
+    search = commands.add_parser("search", help="top-k of a query image in an index bundle")
+    search.add_argument("--index", required=True, type=Path, help="bundle directory")
+    search.add_argument("--image", required=True, type=Path, help="query image file")
+    search.add_argument("--top-k", type=int, default=10)
+    search.add_argument(
+        "--rerank", type=int, default=0, help="re-rank the top R by cosine on float features"
+    )
+    search.add_argument("--kind", default="flat", choices=("flat", "hnsw", "ivf"))
+    search.add_argument("--weights", type=Path, help="backbone ImageNet weights file")
+    search.add_argument("--json", action="store_true", help="print JSON")
+    search.set_defaults(handler=command_search)
 
     from retrieval.datasets import DATASET_SPEC_HELP
 

@@ -26,3 +26,18 @@ def demo_dir() -> Path:
 def results_path() -> Path:
     """JSON-lines store of evaluation records that the dashboard reads."""
     return Path(os.environ.get("RETRIEVAL_RESULTS", data_dir() / "results.jsonl")).expanduser()
+
+
+def ratings_db_path() -> Path:
+    """SQLite file of human ratings: ``$RETRIEVAL_RATINGS_DB`` or ``<repo>/ratings.db``."""
+    return Path(os.environ.get("RETRIEVAL_RATINGS_DB", REPO_ROOT / "ratings.db")).expanduser()
+
+
+def models_dir() -> Path:
+    """Where trained hash models (model directories) live."""
+    return data_dir() / "models"
+
+
+def indexes_dir() -> Path:
+    """Where index bundles live; the app offers every bundle found here."""
+    return data_dir() / "indexes"
