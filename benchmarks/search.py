@@ -62,7 +62,35 @@ def recall_by_distance(approx_d: np.ndarray, exact_d: np.ndarray) -> float:
     return float((approx_d <= exact_d[:, -1:]).mean())
 
 
-def run(sizes: list[int], bits_list: list[int], k: int, seed: int) -> None:
+def make_codes(
+    rng: np.random.Generator, n: int, n_queries: int, bits: int, data: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """Database and query codes: uniform random, or near-duplicate groups around centres.
+
+    ``clustered``: n/100 random centres; every code is a centre with each bit flipped with
+    probability 0.15, like the views of one photo; queries are drawn the same way.
+    """
+    nbytes = bits // 8
+    if data == "random":
+        return (
+            rng.integers(0, 256, (n, nbytes), dtype=np.uint8),
+            rng.integers(0, 256, (n_queries, nbytes), dtype=np.uint8),
+        )
+    centres = rng.integers(0, 2, (max(1, n // 100), bits), dtype=np.uint8)
+
+    def around(count: int) -> np.ndarray:
+        codes = np.empty((count, nbytes), np.uint8)
+        for start in range(0, count, 100_000):
+            stop = min(count, start + 100_000)
+            picked = centres[rng.integers(0, len(centres), stop - start)]
+            flips = (rng.random((stop - start, bits)) < 0.15).astype(np.uint8)
+            codes[start:stop] = np.packbits(picked ^ flips, axis=1)
+        return codes
+
+    return around(n), around(n_queries)
+
+
+def run(sizes: list[int], bits_list: list[int], k: int, seed: int, data: str) -> None:
     rng = np.random.default_rng(seed)
     exact_rows, approx_rows = [], []
     for n in sizes:
@@ -70,8 +98,7 @@ def run(sizes: list[int], bits_list: list[int], k: int, seed: int) -> None:
         batch = 1000 if n <= 100_000 else 200
         baseline_q = 50 if n <= 100_000 else 10
         for bits in bits_list:
-            database = rng.integers(0, 256, (n, bits // 8), dtype=np.uint8)
-            queries = rng.integers(0, 256, (batch, bits // 8), dtype=np.uint8)
+            database, queries = make_codes(rng, n, batch, bits, data)
             flat = BinaryIndex(bits)
             flat.add(database)
             flat.search(queries[:2], k)  # warm-up
@@ -134,7 +161,7 @@ def run(sizes: list[int], bits_list: list[int], k: int, seed: int) -> None:
     threads = faiss.omp_get_max_threads()
     print(
         f"\nExact top-{k} (BinaryIndex flat = FAISS IndexBinaryFlat + stable ties), "
-        f"random codes, FAISS threads: {threads}\n"
+        f"{data} codes, FAISS threads: {threads}\n"
     )
     print_table(
         [
@@ -173,12 +200,19 @@ def main() -> None:
     parser.add_argument("--bits", default="64,128")
     parser.add_argument("--k", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--data",
+        default="clustered",
+        choices=("clustered", "random"),
+        help="near-duplicate groups (like real codes) or uniform random codes (worst case)",
+    )
     args = parser.parse_args()
     run(
         [int(s) for s in args.sizes.split(",")],
         [int(b) for b in args.bits.split(",")],
         args.k,
         args.seed,
+        args.data,
     )
 
 

@@ -34,16 +34,16 @@ MISSING_DISTANCE = np.iinfo(np.int32).max  # distance reported beside the id -1 
 # Queries per FAISS call in exact search, bounding the (queries x candidates) buffers.
 _QUERY_BLOCK = 1024
 _CANDIDATES = 1 << 22  # at most this many (query, candidate) pairs per FAISS call
-# Below this many queries FAISS runs on one thread: waking OpenMP threads costs more than a
-# small search, and beside TensorFlow's thread pool it costs milliseconds (measured 7 ms vs
-# 0.2 ms for one query on the demo index right after a backbone call).
-_SINGLE_THREAD_BELOW = 16
+# Below this many (query, code) pairs FAISS runs on one thread: waking OpenMP threads costs
+# more than a small search, and beside TensorFlow's thread pool it costs milliseconds
+# (measured 7 ms vs 0.2 ms for one query on the 189-image demo right after a backbone call).
+_SINGLE_THREAD_PAIRS = 1 << 20
 
 
 @contextlib.contextmanager
-def _faiss_threads(n_queries: int):
-    """Run FAISS single-threaded for small query batches, restoring the setting after."""
-    if n_queries >= _SINGLE_THREAD_BELOW:
+def _faiss_threads(pairs: int):
+    """Run FAISS single-threaded for small searches, restoring the setting after."""
+    if pairs >= _SINGLE_THREAD_PAIRS:
         yield
         return
     previous = faiss.omp_get_max_threads()
@@ -86,7 +86,9 @@ class BinaryIndex:
         self.train_per_list = train_per_list
         self.compact_ratio = compact_ratio
         nbytes = bits // 8
-        # Mirror of the rows in insertion order: codes, ids, insertion sequence, liveness.
+        # Rows in insertion order: ids and liveness always; codes only where FAISS's copy cannot
+        # serve (HNSW rebuilds, IVF), insertion sequence numbers only for IVF's labels. Flat
+        # indexes thus hold K/8 bytes of codes (in FAISS) + 9 bytes of id and flag per image.
         self._codes = np.zeros((0, nbytes), np.uint8)
         self._ids = np.zeros(0, np.int64)
         self._seq = np.zeros(0, np.int64)
@@ -109,6 +111,8 @@ class BinaryIndex:
     @property
     def codes(self) -> np.ndarray:
         """Packed codes of the live rows, in insertion order."""
+        if self.kind == "flat":  # FAISS holds the only copy; removal there is immediate
+            return faiss.vector_to_array(self._faiss.xb).reshape(-1, self.bits // 8)
         return self._codes[self._alive].copy()
 
     @property
@@ -156,9 +160,11 @@ class BinaryIndex:
             self._faiss.add_with_ids(codes, seq)
         else:
             self._faiss.add(codes)
-        self._codes = np.concatenate([self._codes, codes])
+        if self.kind != "flat":
+            self._codes = np.concatenate([self._codes, codes])
+        if self.kind == "ivf":
+            self._seq = np.concatenate([self._seq, seq])
         self._ids = np.concatenate([self._ids, ids])
-        self._seq = np.concatenate([self._seq, seq])
         self._alive = np.concatenate([self._alive, np.ones(n, bool)])
         if features is not None:
             base = self._features if self._features is not None else features[:0]
@@ -213,7 +219,7 @@ class BinaryIndex:
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         depth = max(k, rerank) if rerank else k
-        with _faiss_threads(len(queries)):
+        with _faiss_threads(len(queries) * len(self._ids)):
             distances, positions = self._search_positions(queries, depth)
         if rerank:
             positions, distances = self._rerank(positions, distances, query_features)
@@ -269,9 +275,11 @@ class BinaryIndex:
         self.nlist = nlist
 
     def _keep(self, mask: np.ndarray) -> None:
-        self._codes = self._codes[mask]
+        if self.kind != "flat":
+            self._codes = self._codes[mask]
+        if self.kind == "ivf":
+            self._seq = self._seq[mask]
         self._ids = self._ids[mask]
-        self._seq = self._seq[mask]
         self._alive = self._alive[mask]
         if self._features is not None:
             self._features = self._features[mask]
@@ -302,7 +310,7 @@ class BinaryIndex:
 
     def _exact_block(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-k: fetch until every tie at the k-th distance is among the candidates."""
-        rows = len(self._codes)
+        rows = len(self._ids)
         fetch = min(rows, k + max(16, k // 4))
         result_d = np.empty((len(queries), k), np.int64)
         result_p = np.empty((len(queries), k), np.int64)
@@ -341,7 +349,7 @@ class BinaryIndex:
             d, labels = self._faiss.search(queries, k)
         positions = self._labels_to_positions(labels.astype(np.int64))
         d = np.where(positions >= 0, d, MISSING_DISTANCE).astype(np.int64)
-        return _stable_top(d, positions, k, len(self._codes))
+        return _stable_top(d, positions, k, len(self._ids))
 
     def _rerank(
         self, positions: np.ndarray, distances: np.ndarray, query_features: np.ndarray | None
