@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+PORT ?= 8501
 
 .PHONY: run test test-fast lint format demo bench clean
 
@@ -14,6 +15,7 @@ $(STAMP): requirements.txt
 
 run: $(STAMP)
 	$(BIN)/python -m retrieval demo
+	$(BIN)/python -m streamlit run app.py --server.headless true --server.port $(PORT)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -38,14 +38,17 @@ def backbone_for_model(model: HashModel, weights: str | Path | None = None) -> B
     return backbone
 
 
-def model_fingerprint(model_dir: str | Path) -> str:
-    """Short hash of a model directory's weights: tells two trainings apart."""
-    return hashlib.sha256((Path(model_dir) / "head.keras").read_bytes()).hexdigest()[:12]
+def model_fingerprint(model: HashModel) -> str:
+    """Short hash of a head's weight values (not its file, whose zip carries save times)."""
+    digest = hashlib.sha256()
+    for array in model.head.get_weights():
+        digest.update(np.ascontiguousarray(array, dtype=np.float32).tobytes())
+    return digest.hexdigest()[:12]
 
 
 def _model_reference(model_dir: Path, model: HashModel) -> dict[str, Any]:
     config = model.config
-    digest = model_fingerprint(model_dir)
+    digest = model_fingerprint(model)
     return {
         "backbone": config.get("backbone"),
         "feature_key": config.get("feature_key"),
@@ -182,6 +185,9 @@ class Searcher:
         self.index = self.bundle.index(kind)
         self._rows = {row["id"]: row for row in self.bundle.metadata}
         self._forward = inference_for(self.backbone)
+        # Trace the compiled call now, so the first user query does not pay for it.
+        size = self.backbone.input_size
+        self.encode(np.zeros((size, size, 3), np.uint8))
 
     def __len__(self) -> int:
         return len(self.index)
