@@ -56,7 +56,7 @@ with human_column:
         stats = store.stats()
         for column, name in zip(st.columns(4), stats, strict=True):
             column.metric(name.replace("_", " "), stats[name])
-        st.dataframe(human_frame(summaries), hide_index=True, width="stretch")
+        st.dataframe(human_frame(summaries, frame), hide_index=True, width="stretch")
         st.caption("Mean score by search rank (rank 1 = the closest code)")
         st.line_chart(score_by_rank_frame(summaries), x_label="rank", y_label="mean score")
     st.download_button(

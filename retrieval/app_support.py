@@ -246,6 +246,7 @@ def computed_results_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame
                 "bits": record.get("bits"),
                 "backbone": record.get("backbone"),
                 "mAP": scores.get("map"),
+                "model": (record.get("model") or {}).get("fingerprint"),
                 "created": record.get("created", ""),
             }
             for k, value in sorted(
@@ -263,6 +264,7 @@ def computed_results_frame(records: Iterable[Mapping[str, Any]]) -> pd.DataFrame
 def latest_runs(frame: pd.DataFrame) -> pd.DataFrame:
     """Only the newest row of each (dataset, protocol, method, bits, backbone)."""
     keys = ["dataset", "protocol", "method", "bits", "backbone"]
+    keys += ["model"] if "model" in frame else []
     return frame.drop_duplicates(subset=keys, keep="first").reset_index(drop=True)
 
 
@@ -283,9 +285,24 @@ def map_vs_bits(frame: pd.DataFrame) -> pd.DataFrame:
     return table * 100
 
 
-def human_frame(summaries: Mapping[str, HumanSummary]) -> pd.DataFrame:
-    """One row per index identity with every human aggregate."""
-    return pd.DataFrame([s.as_dict() for s in summaries.values()])
+def human_frame(
+    summaries: Mapping[str, HumanSummary], computed: pd.DataFrame | None = None
+) -> pd.DataFrame:
+    """One row per index identity with every human aggregate, and the computed mAP of the
+    same hash model (matched by weight fingerprint, the identity's last part) when known."""
+    frame = pd.DataFrame([s.as_dict() for s in summaries.values()])
+    if computed is None or computed.empty or "model" not in computed or frame.empty:
+        return frame
+    latest = latest_runs(computed[computed["model"].notna()])
+
+    def same_model(identity: str) -> str:
+        matches = latest[latest["model"] == identity.rsplit(":", 1)[-1]]
+        return "; ".join(
+            f"{row.dataset} {row.protocol}: {100 * row.mAP:.1f}" for row in matches.itertuples()
+        )
+
+    frame["computed mAP (%) of this model"] = [same_model(i) for i in summaries]
+    return frame
 
 
 def score_by_rank_frame(summaries: Mapping[str, HumanSummary]) -> pd.DataFrame:

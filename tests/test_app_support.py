@@ -166,6 +166,25 @@ def test_human_tables_have_one_row_or_column_per_identity() -> None:
     assert list(by_rank.index) == [1, 2, 3] and "demo · 64b · abc" in by_rank.columns
     assert by_rank["demo · 64b · abc"].tolist() == pytest.approx([9.5, 8.5, 7.5])
 
+    # The computed mAP of the same hash model (by weight fingerprint) sits beside its ratings.
+    def record(fingerprint: str, created: str, value: float) -> dict:
+        return {
+            "dataset": "demo",
+            "method": "learned",
+            "bits": 64,
+            "backbone": "b",
+            "model": {"fingerprint": fingerprint},
+            "created": created,
+            "protocols": {"default": {"map": value}},
+        }
+
+    computed = support.computed_results_frame(
+        [record("abc", "2", 0.9), record("abc", "1", 0.5), record("zzz", "3", 0.7)]
+    )
+    joined = support.human_frame(summaries, computed).set_index("index_identity")
+    assert joined.loc["demo:64b:abc", "computed mAP (%) of this model"] == "demo default: 90.0"
+    assert joined.loc["big:32b:def", "computed mAP (%) of this model"] == ""
+
 
 def test_thumbnail_is_a_small_jpeg_or_none(tmp_path) -> None:
     path = tmp_path / "big.png"
