@@ -42,7 +42,6 @@ CHROMIUM_ARGS = (
 SERVER_START_TIMEOUT_S = 90.0  # until /_stcore/health answers "ok"
 SERVER_STOP_TIMEOUT_S = 10.0  # SIGTERM, then SIGKILL of the whole process group
 SCREENSHOT_PATH = REPO_ROOT / "docs" / "screenshot-search.png"
-PHOTO_NAMES = ("chelsea", "coffee", "astronaut", "rocket", "camera", "coins")
 
 
 def in_ci() -> bool:
@@ -78,41 +77,16 @@ def free_port() -> int:
 # --- test data ----------------------------------------------------------------------------------
 
 
-def write_photos(folder: Path, names: tuple[str, ...] = PHOTO_NAMES) -> list[Path]:
-    """A few real photos shipped with scikit-image, saved as JPEG files."""
-    from PIL import Image
-    from skimage import data as skdata
-
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for name in names:
-        path = folder / f"{name}.jpg"
-        Image.fromarray(getattr(skdata, name)()).convert("RGB").save(path, quality=90)
-        paths.append(path)
-    return paths
-
-
 def build_small_index(data_dir: Path, photos: list[Path], name: str = "test") -> Path:
     """An untrained 32-bit head over EfficientNet-Lite0 and a bundle of ``photos``.
 
-    Built exactly as in ``tests/test_search.py``; the bundle lands in
+    Built with ``tests/builders.py``; the bundle lands in
     ``<data_dir>/indexes/<name>``, where the app looks for indexes.
     """
-    from retrieval.backbones import load_backbone
-    from retrieval.hashing import HashModel, build_hash_head
     from retrieval.search import build_index
+    from tests import builders
 
-    backbone = load_backbone("efficientnet_lite0")
-    head = build_hash_head(backbone.feature_dim, 32, seed=3)
-    config = {
-        "backbone": backbone.name,
-        "feature_key": backbone.cache_key,
-        "input_size": backbone.input_size,
-        "pooling": backbone.pooling,
-        "resize_mode": backbone.resize_mode,
-        "training": {"dataset": "none (untrained test head)"},
-    }
-    model_dir = HashModel(head, config).save(data_dir / "models" / "h32")
+    model_dir = builders.untrained_model_dir(data_dir / "models" / "h32")
     index_dir = data_dir / "indexes" / name
     report = build_index(model_dir, photos, index_dir, progress=False)
     assert report.added == len(photos), report

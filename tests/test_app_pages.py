@@ -16,11 +16,10 @@ from skimage import data as skdata
 from streamlit.testing.v1 import AppTest
 
 from retrieval.app_support import QUERY_KEY, query_from_path
-from retrieval.backbones import load_backbone
-from retrieval.hashing import HashModel, build_hash_head
 from retrieval.ratings import ResultScore, open_ratings
 from retrieval.results import append_record
 from retrieval.search import Searcher, build_index
+from tests import builders
 
 APP = str(Path(__file__).resolve().parent.parent / "app.py")
 TIMEOUT = 120  # the first search builds the backbone and traces the model
@@ -33,22 +32,8 @@ def data_root(tmp_path_factory) -> Path:
     with pytest.MonkeyPatch.context() as env:
         env.setenv("RETRIEVAL_DATA_DIR", str(root))
         env.setenv("RETRIEVAL_CACHE_DIR", str(root / "cache"))
-        backbone = load_backbone("efficientnet_lite0")
-        config = {
-            "backbone": backbone.name,
-            "feature_key": backbone.cache_key,
-            "input_size": backbone.input_size,
-            "pooling": backbone.pooling,
-            "resize_mode": backbone.resize_mode,
-            "training": {"dataset": "none (untrained test head)"},
-        }
-        model = HashModel(build_hash_head(backbone.feature_dim, 32, seed=3), config)
-        model_dir = model.save(root / "models" / "h32")
-        photos = []
-        for name in ("chelsea", "coffee", "astronaut", "rocket", "camera", "coins"):
-            photos.append(root / "photos" / f"{name}.jpg")
-            photos[-1].parent.mkdir(exist_ok=True)
-            Image.fromarray(getattr(skdata, name)()).convert("RGB").save(photos[-1], quality=90)
+        model_dir = builders.untrained_model_dir(root / "models" / "h32")
+        photos = builders.write_photos(root / "photos")
         groups = list(range(len(photos)))
         build_index(model_dir, photos, root / "indexes" / "mini", groups=groups, progress=False)
         yield root

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from retrieval.ratings import open_ratings
+from tests import builders
 from tests.browser_support import (
     SCREENSHOT_PATH,
     AppServer,
@@ -29,7 +30,6 @@ from tests.browser_support import (
     require_chromium,
     run_app,
     update_screenshot,
-    write_photos,
 )
 
 pytestmark = pytest.mark.slow  # starts a server, builds EfficientNet-Lite0, drives a browser
@@ -46,7 +46,7 @@ def app_root(tmp_path_factory) -> Path:
     require_chromium()  # skip (or fail in CI) before building anything
     root = tmp_path_factory.mktemp("app")
     env = app_env(root)
-    photos = write_photos(root / "photos")
+    photos = builders.write_photos(root / "photos")
     if update_screenshot():
         build_demo_index(env)
     else:

@@ -10,7 +10,6 @@ import threading
 from datetime import datetime
 from pathlib import Path
 
-import keras
 import numpy as np
 import pytest
 from PIL import Image
@@ -30,6 +29,7 @@ from retrieval.evaluation import (
 )
 from retrieval.ranking import TIE_BREAK
 from retrieval.results import append_record, read_records, write_json_atomic
+from tests import builders
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,12 +40,7 @@ NAMED_BACKBONE = Backbone("named", None, 0, 4, "avg", "none", "test")  # type: i
 @pytest.fixture(scope="module")
 def tiny_backbone() -> Backbone:
     """A small deterministic convolutional model standing in for a real backbone."""
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((32, 32, 3))
-    x = keras.layers.Rescaling(1 / 255)(inputs)
-    x = keras.layers.Conv2D(8, 3, activation="relu")(x)
-    outputs = keras.layers.GlobalAveragePooling2D()(x)
-    return Backbone("tiny", keras.Model(inputs, outputs), 32, 8, "avg", "center-crop", "test")
+    return builders.tiny_backbone()
 
 
 @pytest.fixture

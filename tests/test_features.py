@@ -4,25 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import keras
 import numpy as np
 import pytest
 from PIL import Image
 
 from retrieval.backbones import Backbone
 from retrieval.features import FeatureCache, embed_image, extract_features
+from tests import builders
 
 
 @pytest.fixture(scope="module")
 def tiny_backbone() -> Backbone:
-    """A small deterministic convolutional model standing in for a real backbone."""
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((32, 32, 3))
-    x = keras.layers.Rescaling(1 / 255)(inputs)
-    x = keras.layers.Conv2D(8, 3, activation="relu")(x)
-    outputs = keras.layers.GlobalAveragePooling2D()(x)
-    model = keras.Model(inputs, outputs)
-    return Backbone("tiny", model, 32, 8, "avg", "center-crop", "test")
+    return builders.tiny_backbone()
 
 
 def _write_images(folder: Path, count: int) -> list[Path]:

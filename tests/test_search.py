@@ -7,44 +7,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 from skimage import data as skdata
 
-from retrieval.backbones import load_backbone
 from retrieval.bundle import BundleError, load_bundle, remove_from_bundle
 from retrieval.cli import main
-from retrieval.hashing import HashModel, build_hash_head
 from retrieval.search import Searcher, add_images, build_index
+from tests import builders
 
 pytestmark = pytest.mark.slow  # builds EfficientNet-Lite0 (a few seconds) and encodes photos
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    """An untrained 32-bit head over EfficientNet-Lite0 features, saved as a model directory."""
-    backbone = load_backbone("efficientnet_lite0")
-    head = build_hash_head(backbone.feature_dim, 32, seed=3)
-    config = {
-        "backbone": backbone.name,
-        "feature_key": backbone.cache_key,
-        "input_size": backbone.input_size,
-        "pooling": backbone.pooling,
-        "resize_mode": backbone.resize_mode,
-        "training": {"dataset": "none (untrained test head)"},
-    }
-    return HashModel(head, config).save(tmp_path_factory.mktemp("model") / "h32")
+    return builders.untrained_model_dir(tmp_path_factory.mktemp("model") / "h32")
 
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory) -> list[Path]:
-    folder = tmp_path_factory.mktemp("photos")
-    paths = []
-    for name in ("chelsea", "coffee", "astronaut", "rocket", "camera", "coins"):
-        image = Image.fromarray(getattr(skdata, name)()).convert("RGB")
-        path = folder / f"{name}.jpg"
-        image.save(path, quality=90)
-        paths.append(path)
-    return paths
+    return builders.write_photos(tmp_path_factory.mktemp("photos"))
 
 
 @pytest.fixture
