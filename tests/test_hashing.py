@@ -6,7 +6,6 @@ import json
 import shutil
 from pathlib import Path
 
-import keras
 import numpy as np
 import pytest
 from PIL import Image
@@ -25,6 +24,7 @@ from retrieval.hashing import (
 )
 from retrieval.ranking import unpack_bits
 from retrieval.storage import content_hash
+from tests import builders
 
 FEATURES = np.random.default_rng(0).standard_normal((50, 24)).astype(np.float32)
 
@@ -103,12 +103,7 @@ def test_load_refuses_other_version_and_other_features(tmp_path: Path) -> None:
 
 @pytest.fixture
 def tiny_backbone() -> Backbone:
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((32, 32, 3))
-    x = keras.layers.Rescaling(1 / 255)(inputs)
-    x = keras.layers.Conv2D(8, 3, activation="relu")(x)
-    outputs = keras.layers.GlobalAveragePooling2D()(x)
-    return Backbone("tiny", keras.Model(inputs, outputs), 32, 8, "avg", "center-crop", "test")
+    return builders.tiny_backbone()
 
 
 def colour_folder(root: Path, seed: int = 0, groups: int = 3) -> Path:

@@ -13,15 +13,20 @@ from keras import ops
 from retrieval.backbones import Backbone
 from retrieval.baselines import BinaryEncoder
 from retrieval.hashing import HashModel, build_hash_head
+from training.data import source_ids
 from training.losses import (
+    anchor_loss,
     batch_all_triplet_loss,
     batch_hard_triplet_loss,
     bit_balance_loss,
+    centred_cosine_similarities,
     hardest_pairs,
+    hash_objective,
     pairwise_squared_distances,
     quantization_loss,
     semi_hard_negatives,
     semi_hard_triplet_loss,
+    similarity_preserving_loss,
     triplet_loss,
 )
 from training.sampler import pk_batch_indices, split_groups
@@ -109,6 +114,60 @@ def test_quantization_and_balance_terms():
     assert as_numpy(bit_balance_loss(u)) == pytest.approx((0.75**2 + 0.5**2) / 2)
     assert as_numpy(quantization_loss(np.array([[1.0, -1.0]], np.float32))) == 0
     assert as_numpy(bit_balance_loss(np.array([[1.0], [-1.0]], np.float32))) == 0
+
+
+def test_centred_cosine_similarities():
+    f = np.array([[3.0, 4.0], [4.0, 3.0]], np.float32)
+    plain = as_numpy(centred_cosine_similarities(f, np.zeros(2, np.float32)))
+    assert plain == pytest.approx(np.array([[1.0, 0.96], [0.96, 1.0]]), abs=1e-6)  # 24 / 25
+    # Unit vectors e1, e2 centred on their mean (0.5, 0.5): opposite directions.
+    e = np.eye(2, dtype=np.float32) * 7.0  # lengths do not matter
+    centred = as_numpy(centred_cosine_similarities(e, np.array([0.5, 0.5], np.float32)))
+    assert centred == pytest.approx(np.array([[1.0, -1.0], [-1.0, 1.0]]), abs=1e-6)
+
+
+def test_similarity_preserving_and_anchor_terms():
+    u = np.eye(2, dtype=np.float32)  # u u^T / K = diag(0.5)
+    targets = np.array([[1.0, 0.5], [0.5, 1.0]], np.float32)
+    assert as_numpy(similarity_preserving_loss(u, targets)) == pytest.approx(0.25)  # all -0.5
+    codes = np.array([[1.0, -1.0, 1.0, 1.0], [1.0, 1.0, -1.0, 1.0]], np.float32)
+    exact = np.array([[1.0, 0.0], [0.0, 1.0]], np.float32)  # Hamming 2 of 4: 1 - 2 * 2 / 4 = 0
+    assert as_numpy(similarity_preserving_loss(codes, exact)) == pytest.approx(0.0)
+    w0 = np.array([[1.0, 0.0]], np.float32)
+    assert as_numpy(anchor_loss(np.array([[1.0, 2.0]], np.float32), w0)) == pytest.approx(4.0)
+    assert as_numpy(anchor_loss(w0, w0)) == 0
+
+
+def test_objective_adds_weighted_similarity_and_triplet_terms():
+    u = np.tanh(LINE)
+    targets = np.full((4, 4), 0.25, np.float32)
+    kwargs = {"margin_bits": 0.5, "quantization_weight": 0.1, "balance_weight": 0.2}
+    plain = {k: as_numpy(v) for k, v in hash_objective(u, LINE_LABELS, **kwargs).items()}
+    assert plain["similarity"] == 0
+    parts = hash_objective(
+        u,
+        LINE_LABELS,
+        **kwargs,
+        triplet_weight=0.5,
+        similarity_targets=targets,
+        similarity_weight=3.0,
+    )
+    parts = {k: as_numpy(v) for k, v in parts.items()}
+    assert parts["similarity"] == pytest.approx(as_numpy(similarity_preserving_loss(u, targets)))
+    expected = 0.5 * plain["triplet"] + 0.1 * plain["quantization"] + 0.2 * plain["balance"]
+    assert parts["loss"] == pytest.approx(expected + 3.0 * parts["similarity"], rel=1e-5)
+
+
+def test_source_ids_group_the_views_of_one_source():
+    paths = [
+        "x/images/00003_images_00000_astronaut_orig.jpg_orig.jpg",
+        "x/images/00003_images_00000_astronaut_orig.jpg_v00.jpg",
+        "x/images/00004_images_00000_astronaut_v01.jpg_v11.jpg",
+        "other/photo.jpg",
+        "other/photo2.jpg",
+    ]
+    ids = source_ids(paths)
+    assert ids[0] == ids[1] and len(set(ids.tolist())) == 4
 
 
 def test_pk_batches_hold_p_groups_of_k():
@@ -223,6 +282,36 @@ def test_fine_tune_step_updates_backbone_and_head():
     assert embedder(images).shape == (8, 16)
 
 
+def test_similarity_term_trains_and_needs_features():
+    x, groups = clustered(8, 6, seed=6)
+    config = TrainConfig(bits=16, epochs=2, batches_per_epoch=3, p=4, k=3, similarity_weight=1.0)
+    _, result = train_hash_head(x, groups, config, verbose=0)
+    assert result.history["similarity"][-1] > 0 and np.isfinite(result.history["loss"][-1])
+    images = np.zeros((8, 16, 16, 3), np.float32)
+    head = build_hash_head(4, 16)
+    with pytest.raises(ValueError, match="feature inputs"):
+        train_embedder(head, images, np.repeat(np.arange(4), 2), config, verbose=0)
+    with pytest.raises(ValueError, match="positives"):
+        TrainConfig(positives="views")
+
+
+def test_anchor_keeps_the_hash_layer_near_its_start():
+    x, groups = clustered(8, 6, seed=7)
+    moved = {}
+    for weight in (0.0, 1e4):
+        config = TrainConfig(
+            bits=16, init="itq", epochs=2, batches_per_epoch=3, p=4, k=3, anchor_weight=weight
+        )
+        start = build_hash_head(x.shape[1], 16)
+        init_from_itq(start, x)
+        w0 = start.get_layer("hash").get_weights()[0]
+        model, result = train_hash_head(x, groups, config, verbose=0)
+        w = model.head.get_layer("hash").get_weights()[0]
+        moved[weight] = float(np.sum((w - w0) ** 2) / np.sum(w0**2))
+        assert np.isfinite(result.history["anchor"][-1])
+    assert moved[1e4] < 0.2 * moved[0.0]
+
+
 def test_itq_init_starts_from_itq_codes():
     x, _ = clustered(12, 6, seed=4)
     head = build_hash_head(x.shape[1], 16)
@@ -264,6 +353,8 @@ def test_cli_trains_saves_config_and_heldout_split(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match=r"init 'itq'.*bits <= "):
         main([*argv, "--quiet"])  # ITQ init: 16 bits from 8-d features is impossible
     argv += ["--init", "random", "--val-fraction", "0.34", "--groups-per-batch", "2"]
+    with pytest.raises(SystemExit, match="expand"):  # unexpanded: every source a lone image
+        main([*argv, "--quiet", "--positives", "source"])
     assert main([*argv, "--quiet"]) == 0
 
     config = json.loads((out / "config.json").read_text())
@@ -283,3 +374,15 @@ def test_cli_trains_saves_config_and_heldout_split(tmp_path, monkeypatch):
     assert json.loads(result.read_text())["method"] == "learned"
     with pytest.raises(SystemExit, match="refusing"):
         retrieval.cli.main([*evaluate, "--dataset", f"folder:{root}"])
+
+
+def test_study_table_shows_both_baseline_fits_and_missing_values():
+    from training.study import table
+
+    row = {"mining": "batch-hard", "bits": 64, "train_seconds": 3.25}
+    row |= {m: 0.5 for m in ("float", "lsh", "pca", "itq", "lsh_train", "itq_train", "learned")}
+    row |= {"pca_train": None, "val_map_learned": 0.25}
+    lines = table([row]).splitlines()
+    assert "ITQ train" in lines[0] and "LOO learned" in lines[0]
+    assert lines[2].startswith("| batch-hard | 64 | 50.00 |") and "| - |" in lines[2]
+    assert lines[2].endswith("| 25.00 | 3.2 |")

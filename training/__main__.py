@@ -32,13 +32,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--margin-bits", type=float, default=2.0, help="margin in Hamming bits")
     parser.add_argument("--quantization-weight", type=float, default=0.1)
     parser.add_argument("--balance-weight", type=float, default=0.1)
+    parser.add_argument("--triplet-weight", type=float, default=1.0)
+    parser.add_argument(
+        "--similarity-weight",
+        type=float,
+        default=0.1,
+        help="code inner products / K vs the centred cosine of the float features, all pairs",
+    )
+    parser.add_argument(
+        "--anchor-weight",
+        type=float,
+        default=0.0,
+        help="pull of the hash layer back to its initial (ITQ) weights",
+    )
+    parser.add_argument(
+        "--positives",
+        default="group",
+        choices=("group", "source"),
+        help="positives: the same group, or the views of the same source image",
+    )
     parser.add_argument(
         "--projection-dim",
         type=int,
         default=0,
         help="hidden Dense+ReLU (0: none; needs --init random)",
     )
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--epochs", type=int, default=15)
     parser.add_argument("--batches-per-epoch", type=int, default=None)
     parser.add_argument("--groups-per-batch", type=int, default=8, help="P")
     parser.add_argument("--images-per-group", type=int, default=4, help="K")
@@ -73,7 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="train the head on cached features (default)",
     )
     mode.add_argument(
-        "--fine-tune", dest="fine_tune", action="store_true", help="not available from the CLI yet"
+        "--fine-tune",
+        dest="fine_tune",
+        action="store_true",
+        help="not available from the CLI yet (see training/README.md)",
     )
     parser.set_defaults(fine_tune=False)
     parser.add_argument("--quiet", action="store_true")

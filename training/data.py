@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,21 @@ def dataset_groups(dataset: RetrievalDataset) -> np.ndarray:
     if dataset.groups is None:
         return np.arange(len(dataset), dtype=np.int64)
     return np.asarray(dataset.groups, dtype=np.int64)
+
+
+_VIEW_NAME = re.compile(r"(\d{5,})_.*_(orig|v\d{2,})\.jpg")
+
+
+def source_ids(paths: list[str]) -> np.ndarray:
+    """Source image id of each path of an expanded collection (``NNNNN_<id>_orig|vKK.jpg``: the
+    views of one source share ``NNNNN``); any other file is its own source."""
+    ids = np.empty(len(paths), dtype=np.int64)
+    names: dict[str, int] = {}
+    for row, path in enumerate(paths):
+        match = _VIEW_NAME.fullmatch(Path(path).name)
+        key = f"src{match.group(1)}" if match else f"path{row}"
+        ids[row] = names.setdefault(key, len(names))
+    return ids
 
 
 def expanded_dataset(

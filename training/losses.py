@@ -1,7 +1,11 @@
-"""Triplet objective on tanh-relaxed codes, as pure ``keras.ops`` functions (any backend).
+"""The hashing objective on tanh-relaxed codes, as pure ``keras.ops`` functions (any backend).
 
 Distances are squared Euclidean between relaxed codes: for ±1 codes that is 4 x Hamming, so a
-margin of ``m`` Hamming bits is ``4 m`` here. Miners work inside a P x K batch (labels = group).
+margin of ``m`` Hamming bits is ``4 m`` here. Miners work inside a P x K batch (labels = group,
+or source image). Besides the triplet term: quantisation, bit balance, a similarity-preserving
+term (code inner products / K match the centred cosine of the float features, over all pairs
+of the batch: unsupervised, so it carries the float geometry to groups never trained on) and a
+pull of the hash layer back to its starting (ITQ) weights.
 """
 
 from __future__ import annotations
@@ -121,6 +125,30 @@ def bit_balance_loss(u: Any) -> Any:
     return ops.mean(ops.square(ops.mean(u, axis=0)))
 
 
+def centred_cosine_similarities(features: Any, mean: Any) -> Any:
+    """(B, B) cosine similarities of ``l2_normalize(features) - mean`` (mean: (D,), e.g. the
+    training set's mean unit vector, as ITQ centres; zeros for plain cosine)."""
+    x = features / ops.maximum(ops.norm(features, axis=-1, keepdims=True), 1e-12)
+    x = x - ops.reshape(mean, (1, -1))
+    x = x / ops.maximum(ops.norm(x, axis=-1, keepdims=True), 1e-12)
+    return ops.matmul(x, ops.transpose(x))
+
+
+def similarity_preserving_loss(u: Any, targets: Any) -> Any:
+    """Mean over all (i, j) pairs of the batch of (u_i . u_j / K - targets_ij)^2.
+
+    For ±1 codes u_i . u_j / K = 1 - 2 Hamming / K, so this asks the Hamming ranking to follow
+    the target similarities (e.g. :func:`centred_cosine_similarities` of the float features).
+    """
+    bits = float(ops.shape(u)[-1])
+    return ops.mean(ops.square(ops.matmul(u, ops.transpose(u)) / bits - targets))
+
+
+def anchor_loss(weights: Any, initial: Any) -> Any:
+    """Relative squared distance ||W - W0||^2 / ||W0||^2 of a weight tensor to its start."""
+    return ops.sum(ops.square(weights - initial)) / ops.maximum(ops.sum(ops.square(initial)), 1e-12)
+
+
 _MINERS = {
     "batch-all": batch_all_triplet_loss,
     "batch-hard": batch_hard_triplet_loss,
@@ -143,8 +171,12 @@ def hash_objective(
     margin_bits: float = 2.0,
     quantization_weight: float = 0.1,
     balance_weight: float = 0.1,
+    triplet_weight: float = 1.0,
+    similarity_targets: Any = None,
+    similarity_weight: float = 0.0,
 ) -> dict[str, Any]:
-    """Total loss and its parts: triplet / K + w_q * quantisation + w_b * bit balance.
+    """Total loss and its parts: w_t * triplet / K + w_q * quantisation + w_b * bit balance
+    + w_s * similarity preservation (when ``similarity_targets``, (B, B), are given).
 
     The triplet term is divided by the code length K, so the weights mean the same at any K.
     """
@@ -152,11 +184,18 @@ def hash_objective(
     triplet = triplet / float(ops.shape(u)[-1])
     quantization = quantization_loss(u)
     balance = bit_balance_loss(u)
-    total = triplet + quantization_weight * quantization + balance_weight * balance
+    total = triplet_weight * triplet + quantization_weight * quantization
+    total = total + balance_weight * balance
+    if similarity_targets is not None:
+        similarity = similarity_preserving_loss(u, similarity_targets)
+        total = total + similarity_weight * similarity
+    else:
+        similarity = ops.zeros(())
     return {
         "loss": total,
         "triplet": triplet,
         "quantization": quantization,
         "balance": balance,
+        "similarity": similarity,
         "active": active,
     }

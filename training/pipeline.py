@@ -15,7 +15,14 @@ from retrieval.baselines import BinaryEncoder
 from retrieval.config import data_dir
 from retrieval.datasets import DatasetError, load_dataset
 from retrieval.datasets.base import RetrievalDataset
-from training.data import expanded_dataset, image_hashes, training_data, write_manifest
+from training.data import (
+    TrainingData,
+    expanded_dataset,
+    image_hashes,
+    source_ids,
+    training_data,
+    write_manifest,
+)
 from training.train import TrainConfig, leave_one_out_map, train_hash_head
 
 HELDOUT_MANIFEST = "heldout.csv"
@@ -37,14 +44,10 @@ def _expanded(args: argparse.Namespace, dataset: RetrievalDataset) -> RetrievalD
     return expanded
 
 
-def run_training(args: argparse.Namespace) -> dict[str, Any]:
-    """Train a head on the training groups of ``args.dataset`` and save it to ``args.out``."""
+def prepare_data(args: argparse.Namespace) -> tuple[RetrievalDataset, Any, TrainingData]:
+    """The (expanded) dataset, the backbone and the split features of ``args``."""
     from retrieval.backbones import WeightsNotFoundError, load_backbone
 
-    try:
-        config = _train_config(args)
-    except ValueError as error:
-        raise SystemExit(f"error: {error}") from None
     try:
         dataset = load_dataset(args.dataset)
     except (DatasetError, FileNotFoundError) as error:
@@ -65,7 +68,19 @@ def run_training(args: argparse.Namespace) -> dict[str, Any]:
         batch_size=args.batch_size,
         progress=not args.quiet,
     )
+    return dataset, backbone, data
+
+
+def run_training(args: argparse.Namespace) -> dict[str, Any]:
+    """Train a head on the training groups of ``args.dataset`` and save it to ``args.out``."""
+    try:
+        config = _train_config(args)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
+    dataset, backbone, data = prepare_data(args)
     train = data.train_mask
+    # Positives: the same group, or (--positives source) the views of the same source image.
+    labels = data.groups if config.positives == "group" else source_ids(data.paths)
     train_paths = [p for p, t in zip(data.paths, train, strict=True) if t]
     model_config = {
         "backbone": backbone.name,
@@ -96,7 +111,7 @@ def run_training(args: argparse.Namespace) -> dict[str, Any]:
     try:
         model, result = train_hash_head(
             data.features[train],
-            data.groups[train],
+            labels[train],
             config,
             val_features=data.features[~train] if has_val else None,
             val_groups=data.groups[~train] if has_val else None,
@@ -141,6 +156,10 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
         margin_bits=args.margin_bits,
         quantization_weight=args.quantization_weight,
         balance_weight=args.balance_weight,
+        triplet_weight=args.triplet_weight,
+        similarity_weight=args.similarity_weight,
+        anchor_weight=args.anchor_weight,
+        positives=args.positives,
         projection_dim=args.projection_dim or None,
         epochs=args.epochs,
         p=args.groups_per_batch,

@@ -19,10 +19,17 @@ from retrieval.baselines import BinaryEncoder
 from retrieval.hashing import HashModel, build_hash_head, sign_codes
 from retrieval.metrics import average_precisions, mean_average_precision
 from retrieval.ranking import l2_normalize, pack_bits, rank_by_hamming
-from training.losses import MINING_MODES, hash_objective
+from training.losses import (
+    MINING_MODES,
+    anchor_loss,
+    centred_cosine_similarities,
+    hash_objective,
+)
 from training.sampler import PKBatches
 
 INITS = ("random", "itq")
+POSITIVES = ("group", "source")
+LOSS_PARTS = ("loss", "triplet", "quantization", "balance", "similarity", "anchor", "active")
 
 
 @dataclass
@@ -34,6 +41,10 @@ class TrainConfig:
     margin_bits: float = 2.0
     quantization_weight: float = 0.1
     balance_weight: float = 0.1
+    triplet_weight: float = 1.0
+    similarity_weight: float = 0.0  # code inner products / K vs centred float cosine (all pairs)
+    anchor_weight: float = 0.0  # pull of the hash layer's kernel back to its initial weights
+    positives: str = "group"  # or "source": views of the same source image are the positives
     projection_dim: int | None = None
     init: str = "random"  # or "itq": hash layer starts as ITQ fitted on the training features
     epochs: int = 30
@@ -51,6 +62,8 @@ class TrainConfig:
             raise ValueError(f"unknown mining {self.mining!r}; choose from {MINING_MODES}")
         if self.init not in INITS:
             raise ValueError(f"unknown init {self.init!r}; choose from {INITS}")
+        if self.positives not in POSITIVES:
+            raise ValueError(f"unknown positives {self.positives!r}; choose from {POSITIVES}")
         if self.init == "itq" and self.projection_dim:
             raise ValueError("init 'itq' sets the hash layer directly: use no projection")
 
@@ -58,14 +71,26 @@ class TrainConfig:
 class TripletHashModel(keras.Model):
     """An embedding network trained with the mined triplet + quantisation + balance objective."""
 
-    def __init__(self, embedder: keras.Model, config: TrainConfig, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        embedder: keras.Model,
+        config: TrainConfig,
+        feature_mean: np.ndarray | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """``feature_mean``: the mean unit feature vector that centres the similarity targets
+        (needed when ``config.similarity_weight`` > 0; the inputs must then be features)."""
         super().__init__(**kwargs)
         self.embedder = embedder
         self.train_config = config
-        self.trackers = {
-            name: keras.metrics.Mean(name=name)
-            for name in ("loss", "triplet", "quantization", "balance", "active")
-        }
+        if config.similarity_weight > 0 and feature_mean is None:
+            raise ValueError("similarity_weight > 0 needs feature inputs and their mean")
+        self.feature_mean = None if feature_mean is None else np.asarray(feature_mean, np.float32)
+        self.hash_layer = embedder.get_layer("hash") if config.anchor_weight > 0 else None
+        self.initial_kernel = (
+            None if self.hash_layer is None else np.array(self.hash_layer.get_weights()[0])
+        )
+        self.trackers = {name: keras.metrics.Mean(name=name) for name in LOSS_PARTS}
 
     def call(self, inputs: Any, training: bool = False) -> Any:
         """Relaxed codes of a batch of inputs (features or images)."""
@@ -81,6 +106,9 @@ class TripletHashModel(keras.Model):
     ) -> Any:
         """The objective of one P x K batch (``y`` = group labels); updates the trackers."""
         c = self.train_config
+        targets = None
+        if c.similarity_weight > 0:
+            targets = centred_cosine_similarities(x, self.feature_mean)
         parts = hash_objective(
             y_pred,
             y,
@@ -88,7 +116,13 @@ class TripletHashModel(keras.Model):
             margin_bits=c.margin_bits,
             quantization_weight=c.quantization_weight,
             balance_weight=c.balance_weight,
+            triplet_weight=c.triplet_weight,
+            similarity_targets=targets,
+            similarity_weight=c.similarity_weight,
         )
+        if self.hash_layer is not None:
+            parts["anchor"] = anchor_loss(self.hash_layer.kernel, self.initial_kernel)
+            parts["loss"] = parts["loss"] + c.anchor_weight * parts["anchor"]
         for name, value in parts.items():
             self.trackers[name].update_state(value)
         return parts["loss"]
@@ -188,7 +222,12 @@ def train_embedder(
 ) -> TrainResult:
     """Fit ``embedder`` on P x K batches; early stopping and best weights by validation mAP."""
     keras.utils.set_random_seed(config.seed)
-    model = TripletHashModel(embedder, config)
+    feature_mean = None
+    if config.similarity_weight > 0:
+        if np.ndim(train_inputs) != 2:
+            raise ValueError("similarity_weight > 0 needs feature inputs (frozen backbone)")
+        feature_mean = l2_normalize(np.asarray(train_inputs, np.float32)).mean(axis=0)
+    model = TripletHashModel(embedder, config, feature_mean)
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate))
     batches = PKBatches(
         train_inputs,
