@@ -19,12 +19,13 @@ equal cosines keep their Hamming order) and the first k returned.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 
 import faiss
 import numpy as np
 
-from retrieval.ranking import l2_normalize
+from retrieval.ranking import l2_normalize, rank_by_hamming
 
 KINDS = ("flat", "hnsw", "ivf")
 TIE_BREAK = "stable: equal distances ordered by insertion (database) order"
@@ -37,7 +38,25 @@ _CANDIDATES = 1 << 22  # at most this many (query, candidate) pairs per FAISS ca
 # Below this many (query, code) pairs FAISS runs on one thread: waking OpenMP threads costs
 # more than a small search, and beside TensorFlow's thread pool it costs milliseconds
 # (measured 7 ms vs 0.2 ms for one query on the 189-image demo right after a backbone call).
-_SINGLE_THREAD_PAIRS = 1 << 20
+_SINGLE_THREAD_PAIRS = 1 << 18
+
+
+@functools.cache
+def _faiss_ties_are_stable() -> bool:
+    """Probe, once per process, whether FAISS's flat search keeps the lowest ids among equal
+    distances (its heaps compare ids on ties). If so, exact search needs no widened fetch."""
+    rng = np.random.default_rng(0)
+    patterns = rng.integers(0, 256, (12, 8), dtype=np.uint8)  # few codes: ties everywhere
+    database = patterns[rng.integers(0, len(patterns), 70_000)]
+    queries = np.concatenate([patterns[:3], rng.integers(0, 256, (3, 8), dtype=np.uint8)])
+    index = faiss.IndexBinaryFlat(64)
+    index.add(database)
+    reference = rank_by_hamming(queries, database)
+    for k in (1, 10, 100, 1000, 9000):
+        _, labels = index.search(queries, k)
+        if not np.array_equal(labels, reference[:, :k]):
+            return False
+    return True
 
 
 @contextlib.contextmanager
@@ -309,8 +328,17 @@ class BinaryIndex:
         return out_d, out_p
 
     def _exact_block(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Exact top-k: fetch until every tie at the k-th distance is among the candidates."""
+        """Exact top-k: FAISS's own result where its ties are stable (probed); otherwise fetch
+        until every tie at the k-th distance is among the candidates."""
         rows = len(self._ids)
+        if _faiss_ties_are_stable():
+            step = max(1, _CANDIDATES // k)
+            parts = [
+                self._faiss.search(queries[i : i + step], k) for i in range(0, len(queries), step)
+            ]
+            d = np.concatenate([part[0] for part in parts]).astype(np.int64)
+            p = np.concatenate([part[1] for part in parts])
+            return _stable_top(d, p, k, rows)
         fetch = min(rows, k + max(16, k // 4))
         result_d = np.empty((len(queries), k), np.int64)
         result_p = np.empty((len(queries), k), np.int64)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from retrieval import index as index_module
 from retrieval.index import MISSING_DISTANCE, BinaryIndex
 from retrieval.ranking import hamming_distances, pack_bits, rank_by_hamming
 
@@ -204,8 +205,14 @@ class ReverseTieFlat:
         return np.take_along_axis(distances, rows, 1), rows
 
 
-def test_exact_search_does_not_rely_on_faiss_tie_order():
-    """FAISS does not promise an order among ties: the index re-sorts and widens the fetch."""
+def test_installed_faiss_keeps_ties_in_id_order():
+    # Exact search takes FAISS's result as it is only because this probe passes.
+    assert index_module._faiss_ties_are_stable()
+
+
+def test_exact_search_does_not_rely_on_faiss_tie_order(monkeypatch):
+    """Where FAISS gave ties in another order, the index re-sorts and widens the fetch."""
+    monkeypatch.setattr(index_module, "_faiss_ties_are_stable", lambda: False)
     rng = np.random.default_rng(6)
     database, queries = tie_heavy_codes(rng, 700, 32), tie_heavy_codes(rng, 30, 32)
     index = BinaryIndex(32)
