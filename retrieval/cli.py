@@ -140,13 +140,20 @@ def _method_list(text: str) -> list[str]:
 
 
 def _load_backbone_for_model(args: argparse.Namespace, config: dict):
-    """The backbone a model was trained on (name, pooling, resize mode from its config)."""
+    """The backbone a model was trained on (name, pooling, resize mode, fine-tuned weights)."""
     from retrieval.backbones import WeightsNotFoundError, load_backbone
+    from retrieval.hashing import backbone_weights_path
 
     if args.backbone not in (AUTO, config.get("backbone")):
         print(
             f"note: --backbone {args.backbone} ignored; the model needs {config.get('backbone')}",
             file=sys.stderr,
+        )
+
+    finetuned = backbone_weights_path(args.model, config)  # HashModelError if named but missing
+    if finetuned is not None and args.weights:
+        print(
+            f"note: --weights ignored; the model brings its fine-tuned {finetuned}", file=sys.stderr
         )
     try:
         return load_backbone(
@@ -154,6 +161,7 @@ def _load_backbone_for_model(args: argparse.Namespace, config: dict):
             weights=args.weights,
             pooling=config.get("pooling", "avg"),
             resize_mode=config.get("resize_mode", DEFAULT_RESIZE_MODE),
+            finetuned=finetuned,
         )
     except (WeightsNotFoundError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None

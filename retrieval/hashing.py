@@ -2,8 +2,9 @@
 
 One head (one set of weights) embeds anchors, positives and negatives alike. A trained head is
 saved as a *model directory*: ``head.keras`` (Keras 3 native format) and ``config.json`` (backbone
-identity, feature key, bits, preprocessing, format version, training config). Model code uses
-``keras.layers`` / ``keras.ops`` only, so it runs under any Keras backend.
+identity, feature key, bits, preprocessing, format version, training config); a model trained
+end to end also holds its fine-tuned backbone, ``backbone.weights.h5``, named in the config.
+Model code uses ``keras.layers`` / ``keras.ops`` only, so it runs under any Keras backend.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ BIT_CHOICES = (16, 32, 48, 64, 128, 256)
 FORMAT_VERSION = 1
 HEAD_FILE = "head.keras"
 CONFIG_FILE = "config.json"
+BACKBONE_WEIGHTS_FILE = "backbone.weights.h5"
 
 
 class HashModelError(ValueError):
@@ -64,6 +66,17 @@ class HashModel:
 
     head: keras.Model
     config: dict[str, Any] = field(default_factory=dict)
+    directory: Path | None = None  # where it was loaded from or saved to
+
+    def backbone_weights(self) -> Path | None:
+        """The fine-tuned backbone weights file its config names (None: ImageNet weights)."""
+        if not self.config.get("backbone_weights"):
+            return None
+        if self.directory is None:
+            raise HashModelError(
+                "the model names fine-tuned backbone weights but was not loaded from a directory"
+            )
+        return backbone_weights_path(self.directory, self.config)
 
     @property
     def bits(self) -> int:
@@ -107,6 +120,11 @@ class HashModel:
                 f"model trained on {want[0]} features ({want[1]}, {want[2]}-d) cannot encode "
                 f"{name} features ({feature_key}, {feature_dim}-d); use the backbone, pooling, "
                 "resize mode and weights named in its config.json"
+                + (
+                    f" (fine-tuned: {self.config['backbone_weights']} in its directory)"
+                    if self.config.get("backbone_weights")
+                    else ""
+                )
             )
 
     def save(self, directory: str | Path) -> Path:
@@ -128,12 +146,27 @@ class HashModel:
             Path(temp).unlink(missing_ok=True)
         _write_json(directory / CONFIG_FILE, config)
         self.config = config
+        self.directory = directory
         return directory
 
 
 def _write_json(path: Path, payload: dict[str, Any]) -> None:
     with atomic_write(path, "w", encoding="utf-8") as stream:
         stream.write(json.dumps(payload, indent=2, sort_keys=True) + "\n")
+
+
+def backbone_weights_path(directory: str | Path, config: dict[str, Any]) -> Path | None:
+    """``directory``/<config's ``backbone_weights``>, checked to exist; None when not named."""
+    name = config.get("backbone_weights")
+    if not name:
+        return None
+    path = Path(directory) / name
+    if not path.is_file():
+        raise HashModelError(
+            f"{directory}: config.json names fine-tuned backbone weights {name!r}, "
+            "but the file is missing; copy the whole model directory"
+        )
+    return path
 
 
 def read_model_config(directory: str | Path) -> dict[str, Any]:
@@ -167,7 +200,7 @@ def load_hash_model(
     if not head_path.is_file():
         raise HashModelError(f"{directory}: {HEAD_FILE} is missing")
     head = keras.saving.load_model(head_path, compile=False)
-    model = HashModel(head, config)
+    model = HashModel(head, config, Path(directory))
     if model.bits != config.get("bits") or model.feature_dim != config.get("feature_dim"):
         raise HashModelError(
             f"{directory}: head is {model.feature_dim}-d -> {model.bits} bits but config.json "

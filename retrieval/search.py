@@ -26,13 +26,18 @@ from retrieval.index import TIE_BREAK
 
 
 def backbone_for_model(model: HashModel, weights: str | Path | None = None) -> Backbone:
-    """The backbone (name, pooling, resize mode) a hash model was trained on, checked."""
+    """The backbone (name, pooling, resize mode) a hash model was trained on, checked.
+
+    A model trained end to end brings its own backbone weights (``backbone.weights.h5`` in its
+    directory, or in the bundle's copy of it); ``weights`` (ImageNet) is then unused.
+    """
     config = model.config
     backbone = load_backbone(
         config.get("backbone"),
         weights=weights,
         pooling=config.get("pooling", "avg"),
         resize_mode=config.get("resize_mode", "resize"),
+        finetuned=model.backbone_weights(),
     )
     model.check_backbone(backbone.name, backbone.cache_key, backbone.feature_dim)
     return backbone

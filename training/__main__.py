@@ -1,4 +1,4 @@
-"""``python -m training``: train a hash head on a dataset's groups and save a model directory."""
+"""``python -m training``: train a hash head (``--fine-tune``: with its backbone) and save it."""
 
 from __future__ import annotations
 
@@ -36,8 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--similarity-weight",
         type=float,
-        default=0.1,
-        help="code inner products / K vs the centred cosine of the float features, all pairs",
+        default=None,
+        help="code inner products / K vs the centred cosine of the float features, all pairs "
+        "(default 0.1; needs features, so 0 with --fine-tune)",
     )
     parser.add_argument(
         "--anchor-weight",
@@ -61,7 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batches-per-epoch", type=int, default=None)
     parser.add_argument("--groups-per-batch", type=int, default=8, help="P")
     parser.add_argument("--images-per-group", type=int, default=4, help="K")
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument(
+        "--learning-rate", type=float, default=None, help="default 1e-3; 1e-4 with --fine-tune"
+    )
     parser.add_argument("--patience", type=int, default=5, help="early stopping on val mAP")
     parser.add_argument(
         "--keep-last",
@@ -95,9 +98,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--fine-tune",
         dest="fine_tune",
         action="store_true",
-        help="not available from the CLI yet (see training/README.md)",
+        help="train end to end: the backbone unfrozen, images in (for a GPU; see README)",
     )
     parser.set_defaults(fine_tune=False)
+    parser.add_argument(
+        "--max-train-images",
+        type=int,
+        default=0,
+        help="--fine-tune: decode at most N training (and N held-out) images into memory "
+        "(spread evenly over the groups; 0: all)",
+    )
+    parser.add_argument(
+        "--train-batchnorm",
+        action="store_true",
+        help="--fine-tune: let batch norm update its statistics (default: frozen, inference mode)",
+    )
     parser.add_argument("--quiet", action="store_true")
     return parser
 
@@ -105,11 +120,6 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Train and save; prints the validation mAP next to ITQ's at the same code length."""
     args = build_parser().parse_args(argv)
-    if args.fine_tune:
-        raise SystemExit(
-            "error: --fine-tune is not wired into the CLI yet (needs a GPU to be useful); "
-            "training.train.fine_tune_embedder builds the model for Python use"
-        )
     from training.pipeline import run_training
 
     summary = run_training(args)

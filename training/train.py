@@ -158,9 +158,10 @@ class ValidationMAP(keras.callbacks.Callback):
 
 def validation_map(embedder: keras.Model, inputs: np.ndarray, groups: np.ndarray) -> float:
     """Leave-one-out Hamming mAP of the sign codes of ``inputs`` (features or images)."""
+    chunk = 256 if np.ndim(inputs) == 2 else 16  # images: bound the backbone's activations
     relaxed = [
-        keras.ops.convert_to_numpy(embedder(inputs[i : i + 256], training=False))
-        for i in range(0, len(inputs), 256)
+        keras.ops.convert_to_numpy(embedder(inputs[i : i + chunk], training=False))
+        for i in range(0, len(inputs), chunk)
     ]
     return leave_one_out_map(sign_codes(np.concatenate(relaxed)), groups)
 
@@ -219,8 +220,13 @@ def train_embedder(
     val_groups: np.ndarray | None = None,
     out_dir: Path | None = None,
     verbose: int = 2,
+    checkpoint: bool = True,
+    extra_callbacks: list[keras.callbacks.Callback] | None = None,
 ) -> TrainResult:
-    """Fit ``embedder`` on P x K batches; early stopping and best weights by validation mAP."""
+    """Fit ``embedder`` on P x K batches; early stopping and best weights by validation mAP.
+
+    ``out_dir``: where the CSV log (and, with ``checkpoint``, ``best.weights.h5``) go.
+    """
     keras.utils.set_random_seed(config.seed)
     feature_mean = None
     if config.similarity_weight > 0:
@@ -254,9 +260,10 @@ def train_embedder(
             )
         )
     callbacks.append(best)
+    callbacks.extend(extra_callbacks or [])
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        best.path = out_dir / "best.weights.h5"
+        best.path = out_dir / "best.weights.h5" if checkpoint else None
         callbacks.append(keras.callbacks.CSVLogger(str(out_dir / "training_log.csv")))
     start = time.perf_counter()
     history = model.fit(batches, epochs=config.epochs, callbacks=callbacks, verbose=verbose)
@@ -305,8 +312,15 @@ def train_hash_head(
         out_dir=out_dir,
         verbose=verbose,
     )
+    return HashModel(head, with_training_record(model_config or {}, config, result)), result
+
+
+def with_training_record(
+    model_config: dict[str, Any], config: TrainConfig, result: TrainResult
+) -> dict[str, Any]:
+    """``model_config`` with the run (config, best epoch, val mAP, time) added to ``training``."""
     training = {
-        **(model_config or {}).get("training", {}),
+        **model_config.get("training", {}),
         "config": asdict(config),
         "best_epoch": result.best_epoch,
         "best_val_map": result.best_val_map,
@@ -314,7 +328,7 @@ def train_hash_head(
         "epochs_run": len(result.history.get("loss", [])),
         "seconds": round(result.seconds, 3),
     }
-    return HashModel(head, {**(model_config or {}), "training": training}), result
+    return {**model_config, "training": training}
 
 
 def init_from_itq(
@@ -339,7 +353,48 @@ def init_from_itq(
     head.get_layer("hash").set_weights([kernel.astype(np.float32), bias.astype(np.float32)])
 
 
-def fine_tune_embedder(backbone_model: keras.Model, head: keras.Model) -> keras.Model:
-    """End-to-end mode: images -> backbone (trainable) -> the same hash head."""
+def fine_tune_embedder(
+    backbone_model: keras.Model, head: keras.Model, *, freeze_batchnorm: bool = True
+) -> keras.Model:
+    """End-to-end mode: images -> backbone (trainable) -> the same hash head.
+
+    ``freeze_batchnorm`` keeps batch-norm layers in inference mode with their ImageNet
+    statistics: P x K batches are small and far from ImageNet's distribution of images.
+    """
     backbone_model.trainable = True
+    if freeze_batchnorm:
+        for layer in _all_layers(backbone_model):
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = False
     return keras.Model(backbone_model.input, head(backbone_model.output), name="fine_tune")
+
+
+def _all_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    layers: list[keras.layers.Layer] = []
+    for layer in model.layers:
+        layers.append(layer)
+        if isinstance(layer, keras.Model):
+            layers.extend(_all_layers(layer))
+    return layers
+
+
+class StepTimer(keras.callbacks.Callback):
+    """Wall time of every training step (the first one includes tracing the step function)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seconds: list[float] = []
+        self._start = 0.0
+
+    def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        """Start the clock."""
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        """Record the step's time."""
+        self.seconds.append(time.perf_counter() - self._start)
+
+    @property
+    def steady_seconds(self) -> float | None:
+        """Median step time after the first step (None when only one step ran)."""
+        return float(np.median(self.seconds[1:])) if len(self.seconds) > 1 else None

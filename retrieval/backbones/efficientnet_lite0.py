@@ -31,6 +31,7 @@ __all__ = [
     "WeightsNotFoundError",
     "assign_efficientnet_lite0_state_dict",
     "build_efficientnet_lite0",
+    "build_efficientnet_lite0_architecture",
     "build_efficientnet_lite0_trunk",
     "default_weights_path",
     "load_efficientnet_lite0_weights",
@@ -180,15 +181,20 @@ def build_efficientnet_lite0(
     return model
 
 
+def build_efficientnet_lite0_architecture() -> keras.Model:
+    """The trunk of build_efficientnet_lite0_trunk with random weights (no state dict read)."""
+    inputs = keras.Input((INPUT_SIZE, INPUT_SIZE, 3), name="rgb")
+    normalised = ScaleOffset(PIXEL_MEAN, PIXEL_SCALE, name="lite0_preprocess")(inputs)
+    return keras.Model(inputs, _feature_map(normalised), name="efficientnet_lite0_trunk")
+
+
 def build_efficientnet_lite0_trunk(weights: str | os.PathLike[str] | None = None) -> keras.Model:
     """Backbone-registry trunk: RGB 0-255 in, normalisation inside, (7, 7, 1280) feature map out.
 
     ImageNet weights are always loaded, from resolve_efficientnet_lite0_weights(weights).
     """
     path = resolve_efficientnet_lite0_weights(weights)
-    inputs = keras.Input((INPUT_SIZE, INPUT_SIZE, 3), name="rgb")
-    normalised = ScaleOffset(PIXEL_MEAN, PIXEL_SCALE, name="lite0_preprocess")(inputs)
-    model = keras.Model(inputs, _feature_map(normalised), name="efficientnet_lite0_trunk")
+    model = build_efficientnet_lite0_architecture()
     try:
         load_efficientnet_lite0_weights(model, path)
     except (CheckpointError, WeightLoadError) as error:

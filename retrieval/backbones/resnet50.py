@@ -60,6 +60,14 @@ def _missing_weights_message(cause: BaseException) -> str:
     )
 
 
+def build_resnet50_architecture() -> keras.Model:
+    """The trunk of build_resnet50_trunk with random weights (no ImageNet file needed)."""
+    inputs = keras.Input((INPUT_SIZE, INPUT_SIZE, 3), name="rgb")
+    normalised = CaffePreprocess(name="caffe_preprocess")(inputs)
+    base = keras.applications.ResNet50(include_top=False, weights=None, input_tensor=normalised)
+    return keras.Model(inputs, base.output, name="resnet50_trunk")
+
+
 def build_resnet50_trunk(weights: str | Path | None = None) -> keras.Model:
     """ResNet50 up to its last convolutional block: RGB 0-255 in, (7, 7, 2048) feature map out."""
     path = resolve_resnet50_weights(weights)
