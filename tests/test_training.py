@@ -32,6 +32,7 @@ from training.losses import (
 from training.sampler import pk_batch_indices, split_groups
 from training.train import (
     TrainConfig,
+    center_hash_bits,
     fine_tune_embedder,
     init_from_itq,
     leave_one_out_map,
@@ -386,3 +387,16 @@ def test_study_table_shows_both_baseline_fits_and_missing_values():
     assert "ITQ train" in lines[0] and "LOO learned" in lines[0]
     assert lines[2].startswith("| batch-hard | 64 | 50.00 |") and "| - |" in lines[2]
     assert lines[2].endswith("| 25.00 | 3.2 |")
+
+
+def test_center_bits_splits_every_bit_of_the_training_set_in_half():
+    x, _ = clustered(12, 5, seed=8)
+    head = build_hash_head(x.shape[1], 16, seed=0)
+    # Push every bit off balance first: a large positive bias makes all codes +1.
+    kernel, bias = head.get_layer("hash").get_weights()
+    head.get_layer("hash").set_weights([kernel, bias + 50.0])
+    assert np.all(HashModel(head).encode(x) == 1)
+    center_hash_bits(head, x)
+    ones = (HashModel(head).encode(x) > 0).mean(axis=0)
+    assert np.all(np.abs(ones - 0.5) <= 1 / len(x)), ones
+    np.testing.assert_array_equal(head.get_layer("hash").get_weights()[0], kernel)  # bias only

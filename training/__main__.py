@@ -67,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--patience", type=int, default=5, help="early stopping on val mAP")
     parser.add_argument(
+        "--no-center-bits",
+        action="store_true",
+        help="keep the trained bias (default: shift it so each bit splits the training set 50/50)",
+    )
+    parser.add_argument(
         "--keep-last",
         action="store_true",
         help="no early stopping and keep the last epoch (held-out groups stay unseen by selection)",

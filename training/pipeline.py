@@ -126,9 +126,7 @@ def run_training(args: argparse.Namespace) -> dict[str, Any]:
     model.save(args.out)
     summary = _summary(args, config, result)
     if has_val:
-        summary["val_map_learned"] = (
-            result.final_val_map if config.keep_last else result.best_val_map
-        )
+        summary["val_map_learned"] = result.reported_val_map(config.keep_last)
         summary |= _heldout_summary(args, data, config)
     return summary
 
@@ -230,9 +228,7 @@ def run_fine_tuning(args: argparse.Namespace) -> dict[str, Any]:
     if has_val:
         summary["val_map_start"] = val_map_start  # the ITQ-initialised head, before any step
         summary["val_map_images"] = len(val_rows)  # start / learned: on the decoded images
-        summary["val_map_learned"] = (
-            result.final_val_map if config.keep_last else result.best_val_map
-        )
+        summary["val_map_learned"] = result.reported_val_map(config.keep_last)
         # Baselines on the ImageNet features (the frozen starting point), as in the frozen mode.
         summary |= _heldout_summary(args, data, config)
     return summary
@@ -377,6 +373,7 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
         learning_rate=_learning_rate(args),
         patience=args.patience,
         keep_last=args.keep_last,
+        center_bits=not args.no_center_bits and not getattr(args, "fine_tune", False),
         init=args.init,
         val_fraction=args.val_fraction,
         seed=args.seed,

@@ -56,6 +56,7 @@ class TrainConfig:
     keep_last: bool = False  # True: no early stopping, last epoch's weights (val mAP only logged)
     val_fraction: float = 0.2
     seed: int = 0
+    center_bits: bool = False  # after training: bias shifted so each bit splits training data 50/50
 
     def __post_init__(self) -> None:
         if self.mining not in MINING_MODES:
@@ -202,12 +203,19 @@ class TrainResult:
     best_epoch: int
     best_val_map: float | None
     seconds: float
+    centred_val_map: float | None = None  # of the returned model, when its bits were centred
 
     @property
     def final_val_map(self) -> float | None:
         """Validation mAP after the last epoch run."""
         values = self.history.get("val_map")
         return values[-1] if values else None
+
+    def reported_val_map(self, keep_last: bool) -> float | None:
+        """Validation mAP of the model as returned: centred, else the last or the best epoch."""
+        if self.centred_val_map is not None:
+            return self.centred_val_map
+        return self.final_val_map if keep_last else self.best_val_map
 
 
 def train_embedder(
@@ -312,7 +320,29 @@ def train_hash_head(
         out_dir=out_dir,
         verbose=verbose,
     )
+    if config.center_bits:
+        center_hash_bits(head, train_features)
+        if val_features is not None and val_groups is not None:
+            codes = HashModel(head).encode(np.asarray(val_features, np.float32))
+            result.centred_val_map = leave_one_out_map(codes, np.asarray(val_groups))
     return HashModel(head, with_training_record(model_config or {}, config, result)), result
+
+
+def center_hash_bits(head: keras.Model, features: np.ndarray, batch_size: int = 1024) -> None:
+    """Median thresholding: shift the hash layer's bias so each bit is +1 on exactly half the
+    training features (balanced bits carry the most information; sign codes change, tanh order
+    within a bit does not)."""
+    hash_layer = head.get_layer("hash")
+    before_tanh = keras.Model(head.input, hash_layer.output)
+    features = np.asarray(features, np.float32)
+    z = np.concatenate(
+        [
+            keras.ops.convert_to_numpy(before_tanh(features[i : i + batch_size]))
+            for i in range(0, len(features), batch_size)
+        ]
+    )
+    kernel, bias = hash_layer.get_weights()
+    hash_layer.set_weights([kernel, (bias - np.median(z, axis=0)).astype(bias.dtype)])
 
 
 def with_training_record(
@@ -325,6 +355,7 @@ def with_training_record(
         "best_epoch": result.best_epoch,
         "best_val_map": result.best_val_map,
         "final_val_map": result.final_val_map,
+        "centred_val_map": result.centred_val_map,
         "epochs_run": len(result.history.get("loss", [])),
         "seconds": round(result.seconds, 3),
     }
