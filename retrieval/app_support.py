@@ -334,10 +334,9 @@ def add_to_index(
     *,
     known_hashes: Iterable[str] = (),
     progress: Callable[[float, str], None] | None = None,
-    chunk: int = 16,
 ) -> AddResult:
     """Add uploaded files (kept under ``data/uploads/``) and a server folder's images (recursive)
-    to a bundle, in chunks so ``progress(fraction, text)`` can be shown; bad files are listed."""
+    to a bundle in one update, reporting ``progress(fraction, text)``; bad files are listed."""
     start = time.perf_counter()
     result = AddResult()
     say = progress or (lambda _fraction, _text: None)
@@ -368,12 +367,15 @@ def add_to_index(
                     known.add(digest)
                     paths.append(path)
     say(0.0, f"{len(paths)} images to encode")
-    for start_at in range(0, len(paths), chunk):
-        report = add_images(bundle_dir, paths[start_at : start_at + chunk], progress=False)
+    if paths:
+        report = add_images(
+            bundle_dir,
+            paths,
+            progress=False,
+            on_progress=lambda done, total: say(done / total, f"{done} / {total} images encoded"),
+        )
         result.added += report.added
         result.skipped += [(str(p), str(reason)) for p, reason in report.skipped]
-        done = min(start_at + chunk, len(paths))
-        say(done / len(paths), f"{done} / {len(paths)} images encoded")
     say(1.0, f"done: {result.added} added, {len(result.skipped)} not added")
     result.seconds = time.perf_counter() - start
     return result

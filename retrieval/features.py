@@ -109,11 +109,13 @@ def extract_features(
     cache: FeatureCache | bool | None = True,
     progress: bool = True,
     description: str = "extracting features",
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> FeatureResult:
     """Features of many image files; unreadable files are skipped and listed, never fatal.
 
     ``cache=True`` uses the default cache under ``data/cache``; ``False``/None disables it.
     ``boxes`` gives an optional crop box per image (e.g. Oxford query boxes).
+    ``on_progress(done, total)`` is called after each batch the backbone runs (e.g. for a UI).
     """
     paths = [str(p) for p in paths]
     if boxes is not None and len(boxes) != len(paths):
@@ -137,6 +139,7 @@ def extract_features(
     computed = 0
     if todo:
         bar = tqdm(total=len(todo), desc=description, unit="img", disable=not progress)
+        done = 0
         batches = _decoded_batches(paths, todo, boxes, backbone, batch_size, errors)
         for positions, batch, batch_total in batches:
             if len(positions):
@@ -147,6 +150,9 @@ def extract_features(
                         store.put(keys[int(i)], vector)
                 computed += len(positions)
             bar.update(batch_total)
+            done += batch_total
+            if on_progress is not None:
+                on_progress(done, len(todo))
         bar.close()
 
     ok = sorted(vectors)

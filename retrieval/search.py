@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,13 +122,19 @@ def add_images(
     *,
     weights: str | Path | None = None,
     progress: bool = True,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> IndexReport:
-    """Encode more images with the bundle's own model and append them; bad files skipped."""
+    """Encode more images with the bundle's own model and append them; bad files skipped.
+
+    ``on_progress(done, total)`` reports the images encoded so far (see extract_features).
+    """
     start = time.perf_counter()
     bundle = load_bundle(bundle_dir)
     model = _bundle_model(bundle)
     backbone = backbone_for_model(model, weights)
-    result = extract_features(paths, backbone, progress=progress, description="adding")
+    result = extract_features(
+        paths, backbone, progress=progress, description="adding", on_progress=on_progress
+    )
     if not result.paths:
         return IndexReport(bundle, 0, result.skipped, 0, time.perf_counter() - start)
     updated = add_to_bundle(

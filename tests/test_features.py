@@ -92,3 +92,18 @@ def test_boxes_crop_before_resizing(tmp_path: Path, tiny_backbone) -> None:
     )
     with pytest.raises(ValueError, match="boxes for"):
         extract_features([path], tiny_backbone, boxes=[None, None], cache=False)
+
+
+def test_progress_callback_counts_every_image(tmp_path: Path, tiny_backbone) -> None:
+    paths = _write_images(tmp_path, 5)
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    seen: list[tuple[int, int]] = []
+    extract_features(
+        [*paths, tmp_path / "bad.jpg"],
+        tiny_backbone,
+        batch_size=2,
+        cache=False,
+        progress=False,
+        on_progress=lambda done, total: seen.append((done, total)),
+    )
+    assert seen == [(2, 6), (4, 6), (6, 6)]  # bad files count as done too
