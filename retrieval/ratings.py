@@ -19,7 +19,9 @@ import csv
 import io
 import operator
 import os
+import sqlite3
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -552,6 +554,23 @@ def open_ratings(path: str | Path | None = None, *, busy_timeout_s: float = 30.0
 # --- helpers ------------------------------------------------------------------------------------
 
 
+def _enable_wal(cursor: Any, timeout_s: float) -> None:
+    """Switch the file to WAL, retrying while another connection holds it: SQLite answers a
+    journal-mode change under contention with "database is locked" at once, without waiting
+    for the busy timeout (seen with two processes creating the database together)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if cursor.execute("PRAGMA journal_mode").fetchone()[0].lower() == "wal":
+                return
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
+
+
 def _make_engine(path: Path, busy_timeout_s: float) -> Engine:
     engine = create_engine(
         f"sqlite+pysqlite:///{path}",
@@ -565,7 +584,7 @@ def _make_engine(path: Path, busy_timeout_s: float) -> Engine:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {timeout_ms}")
-        cursor.execute("PRAGMA journal_mode = WAL")
+        _enable_wal(cursor, busy_timeout_s)
         cursor.execute("PRAGMA foreign_keys = ON")
         cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.close()
