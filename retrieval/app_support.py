@@ -27,7 +27,7 @@ from retrieval.human_metrics import HumanSummary
 from retrieval.images import ImageLoadError, open_image
 from retrieval.ratings import ResultScore
 from retrieval.search import Searcher, SearchHit, SearchResponse, add_images
-from retrieval.storage import atomic_write, content_hash
+from retrieval.storage import atomic_write, content_hash, content_key
 
 SKIP = "skip"
 SCORE_OPTIONS: tuple[str | int, ...] = (SKIP, *range(1, 11))
@@ -140,10 +140,8 @@ def query_from_path(
     path: str | Path, source: str = "gallery", box: Sequence[float] | None = None
 ) -> StoredQuery:
     """A query for an image already on disk; a crop box is part of its identity."""
-    digest = content_hash(path)
-    if box is not None:
-        box = tuple(float(v) for v in box)
-        digest = hashlib.sha256(f"{digest}:{box}".encode()).hexdigest()
+    box = None if box is None else tuple(float(v) for v in box)
+    digest = content_key(content_hash(path), box)
     return StoredQuery(digest, Path(path), Path(path).name, source, box)
 
 

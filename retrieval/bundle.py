@@ -24,7 +24,6 @@ import ctypes
 import ctypes.util
 import datetime as dt
 import fcntl
-import hashlib
 import json
 import os
 import shutil
@@ -38,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from retrieval.index import TIE_BREAK, BinaryIndex
+from retrieval.storage import content_hash
 
 FORMAT = "binary-index-bundle"
 FORMAT_VERSION = 1
@@ -415,8 +415,6 @@ def _new_rows(
         if values is not None and len(values) != n:
             raise ValueError(f"{len(values)} {name} for {n} codes")
     if content_hashes is None:
-        from retrieval.storage import content_hash
-
         content_hashes = [content_hash(p) for p in paths]
     new_ids = list(range(first_id, first_id + n)) if ids is None else [int(i) for i in ids]
     if len(set(new_ids)) != n:
@@ -469,16 +467,8 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
         os.fsync(stream.fileno())
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _file_entry(path: Path) -> dict[str, Any]:
-    return {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+    return {"bytes": path.stat().st_size, "sha256": content_hash(path)}
 
 
 def _check_file(path: Path, entry: Any, verify: bool) -> None:
@@ -491,7 +481,7 @@ def _check_file(path: Path, entry: Any, verify: bool) -> None:
         raise BundleError(
             f"{path}: {size} bytes, the manifest says {entry['bytes']} (truncated or replaced)"
         )
-    if verify and _sha256(path) != entry["sha256"]:
+    if verify and content_hash(path) != entry["sha256"]:
         raise BundleError(f"{path}: sha256 differs from the manifest (file modified or corrupt)")
 
 

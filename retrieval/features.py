@@ -7,7 +7,6 @@ image is recomputed.
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,16 +18,9 @@ from tqdm.auto import tqdm
 from retrieval.backbones import Backbone
 from retrieval.config import feature_cache_dir
 from retrieval.images import ImageLoadError, ImageSource, load_for_model
-from retrieval.storage import atomic_write, content_hash
+from retrieval.storage import atomic_write, content_hash, content_key
 
 Box = Sequence[float]
-
-
-def _item_key(file_hash: str, box: Box | None) -> str:
-    if box is None:
-        return file_hash
-    box_text = ",".join(f"{float(v):.2f}" for v in box)
-    return hashlib.sha256(f"{file_hash}|box={box_text}".encode()).hexdigest()
 
 
 class FeatureCache:
@@ -127,7 +119,7 @@ def extract_features(
     errors: dict[int, str] = {}
     for i, path in enumerate(paths):
         try:
-            keys[i] = _item_key(content_hash(path), boxes[i] if boxes else None)
+            keys[i] = content_key(content_hash(path), boxes[i] if boxes else None)
         except OSError as error:
             errors[i] = f"cannot read file: {error.strerror or error}"
             continue

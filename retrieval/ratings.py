@@ -18,9 +18,7 @@ from __future__ import annotations
 import csv
 import io
 import operator
-import os
 import sqlite3
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -48,6 +46,7 @@ from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from retrieval import config
+from retrieval.storage import atomic_write
 
 __all__ = [
     "CSV_COLUMNS",
@@ -530,15 +529,8 @@ class RatingsStore:
         if target is None:
             return text
         if isinstance(target, str | Path):
-            path = Path(target)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-                    handle.write(text)
-                os.replace(tmp, path)
-            except BaseException:
-                Path(tmp).unlink(missing_ok=True)
-                raise
+            with atomic_write(target, "w", encoding="utf-8", newline="") as handle:
+                handle.write(text)
         else:
             target.write(text)
         return len(rows)

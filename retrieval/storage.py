@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
@@ -18,6 +18,14 @@ def content_hash(path: str | Path) -> str:
         for chunk in iter(lambda: stream.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def content_key(file_hash: str, box: Sequence[float] | None = None) -> str:
+    """Identity of an image as the model sees it: its content hash, and its crop box if any."""
+    if box is None:
+        return file_hash
+    box_text = ",".join(f"{float(v):.2f}" for v in box)
+    return hashlib.sha256(f"{file_hash}|box={box_text}".encode()).hexdigest()
 
 
 @contextmanager

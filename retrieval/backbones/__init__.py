@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import threading
 import warnings
 from collections.abc import Callable
@@ -22,6 +21,7 @@ import keras
 
 from retrieval.backbones.layers import POOLINGS, global_pooling
 from retrieval.backbones.resnet50 import WeightsNotFoundError, resnet50_weights_available
+from retrieval.storage import content_hash
 
 # Measured on the demo collection (README): whole-image resize keeps what a crop would cut off.
 DEFAULT_RESIZE_MODE = "resize"
@@ -104,11 +104,8 @@ def resolve_backbone_name(name: str | None) -> str:
 
 @functools.lru_cache(maxsize=16)
 def _file_digest(path: Path, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()[:16]
+    del size, mtime_ns  # part of the cache key only: a rewritten file is hashed again
+    return content_hash(path)[:16]
 
 
 def weights_digest(path: Path | None) -> str:

@@ -20,7 +20,6 @@ import csv
 import io
 import logging
 import math
-import os
 import re
 from collections import Counter
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from tqdm import tqdm
 
 from retrieval.datasets.base import RetrievalDataset
 from retrieval.images import load_image
+from retrieval.storage import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -220,9 +220,8 @@ def _safe_stem(text: str, limit: int = 60) -> str:
 
 def _save_jpeg(image: np.ndarray, path: Path) -> None:
     """Write ``image`` as JPEG through a temporary file, so a crash leaves no half file."""
-    tmp = path.with_name(path.name + ".tmp")
-    Image.fromarray(image, "RGB").save(tmp, format="JPEG", quality=SAVE_QUALITY)
-    os.replace(tmp, path)
+    with atomic_write(path) as stream:
+        Image.fromarray(image, "RGB").save(stream, format="JPEG", quality=SAVE_QUALITY)
 
 
 def expand_dataset(
@@ -289,12 +288,10 @@ def expand_dataset(
         logger.warning(
             "%d of %d source images skipped; see %s", len(skipped), len(sources), skipped_file
         )
-    tmp = manifest.with_name(manifest.name + ".tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as handle:
+    with atomic_write(manifest, "w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(("path", "group", "is_query"))
         writer.writerows(rows)
-    os.replace(tmp, manifest)
     return manifest
 
 
