@@ -207,10 +207,8 @@ def evaluate_method(
     if method == LEARNED and model is not None:
         training = model.config.get("training", {})
         record["fit"] = f"learned head, trained on {training.get('dataset', 'unknown data')}"
-        from retrieval.search import model_fingerprint
-
         record["model"] = {
-            "fingerprint": model_fingerprint(model),
+            "fingerprint": model.fingerprint(),
             "path": model.config.get("path"),
             "mining": training.get("config", {}).get("mining"),
             "training_dataset": training.get("dataset"),

@@ -55,6 +55,7 @@ class FeatureResult:
     indices: np.ndarray  # position of each row in the input list
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     computed: int = 0  # how many vectors the model produced (the rest came from the cache)
+    content_hashes: list[str] = field(default_factory=list)  # file SHA-256 of each row
 
 
 def make_inference(backbone: Backbone) -> Callable[[np.ndarray], np.ndarray]:
@@ -115,11 +116,13 @@ def extract_features(
     store = FeatureCache(backbone.cache_key) if cache is True else (cache or None)
 
     vectors: dict[int, np.ndarray] = {}
+    hashes: dict[int, str] = {}
     keys: dict[int, str] = {}
     errors: dict[int, str] = {}
     for i, path in enumerate(paths):
         try:
-            keys[i] = content_key(content_hash(path), boxes[i] if boxes else None)
+            hashes[i] = content_hash(path)
+            keys[i] = content_key(hashes[i], boxes[i] if boxes else None)
         except OSError as error:
             errors[i] = f"cannot read file: {error.strerror or error}"
             continue
@@ -159,6 +162,7 @@ def extract_features(
         indices=np.asarray(ok, dtype=np.int64),
         skipped=[(paths[i], errors[i]) for i in sorted(errors)],
         computed=computed,
+        content_hashes=[hashes[i] for i in ok],
     )
 
 

@@ -9,6 +9,7 @@ Model code uses ``keras.layers`` / ``keras.ops`` only, so it runs under any Kera
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -111,6 +112,13 @@ class HashModel:
     def encode_packed(self, features: np.ndarray) -> np.ndarray:
         """(N, K/8) uint8 packed codes (bit set where the code is +1)."""
         return pack_bits(self.encode(features))
+
+    def fingerprint(self) -> str:
+        """Short hash of the head's weight values (not its file, whose zip carries save times)."""
+        digest = hashlib.sha256()
+        for array in self.head.get_weights():
+            digest.update(np.ascontiguousarray(array, dtype=np.float32).tobytes())
+        return digest.hexdigest()[:12]
 
     def check_backbone(self, name: str, feature_key: str, feature_dim: int) -> None:
         """Raise HashModelError unless these features are the ones the head was trained on."""

@@ -59,7 +59,7 @@ def ensure_demo(*, force: bool = False, backbone: str = "efficientnet_lite0") ->
     from retrieval.datasets.demo import build_demo_collection
     from retrieval.datasets.manifest import load_manifest
     from retrieval.hashing import HashModelError, load_hash_model, read_model_config
-    from retrieval.search import build_index, model_fingerprint
+    from retrieval.search import build_index
 
     _say("demo collection: building if missing ...")
     manifest = build_demo_collection(force=force)
@@ -79,7 +79,7 @@ def ensure_demo(*, force: bool = False, backbone: str = "efficientnet_lite0") ->
         if force:
             raise BundleError("rebuild requested")
         bundle = load_bundle(index_dir)
-        if bundle.model.get("head_sha256") != model_fingerprint(load_hash_model(model_dir)):
+        if bundle.model.get("head_sha256") != load_hash_model(model_dir).fingerprint():
             raise BundleError("index built from another model")
         _say(f"demo index:      {index_dir} ({len(bundle)} images, present)")
     except BundleError:

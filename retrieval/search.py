@@ -6,7 +6,6 @@ backbone the model was trained on) and answers ``search(image, k)`` with timings
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -43,17 +42,9 @@ def backbone_for_model(model: HashModel, weights: str | Path | None = None) -> B
     return backbone
 
 
-def model_fingerprint(model: HashModel) -> str:
-    """Short hash of a head's weight values (not its file, whose zip carries save times)."""
-    digest = hashlib.sha256()
-    for array in model.head.get_weights():
-        digest.update(np.ascontiguousarray(array, dtype=np.float32).tobytes())
-    return digest.hexdigest()[:12]
-
-
 def _model_reference(model_dir: Path, model: HashModel) -> dict[str, Any]:
     config = model.config
-    digest = model_fingerprint(model)
+    digest = model.fingerprint()
     return {
         "backbone": config.get("backbone"),
         "feature_key": config.get("feature_key"),
@@ -107,6 +98,7 @@ def build_index(
         codes,
         model=_model_reference(model_dir, model),
         paths=[str(Path(p).resolve()) for p in result.paths],
+        content_hashes=result.content_hashes,
         groups=kept_groups,
         features=result.features if store_features else None,
         model_dir=model_dir,
@@ -141,6 +133,7 @@ def add_images(
         bundle_dir,
         model.encode_packed(result.features),
         paths=[str(Path(p).resolve()) for p in result.paths],
+        content_hashes=result.content_hashes,
         features=result.features if bundle.features is not None else None,
     )
     return IndexReport(

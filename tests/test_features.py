@@ -10,6 +10,7 @@ from PIL import Image
 
 from retrieval.backbones import Backbone
 from retrieval.features import FeatureCache, embed_image, extract_features
+from retrieval.storage import content_hash
 from tests import builders
 
 
@@ -37,6 +38,7 @@ def test_extract_keeps_order_and_skips_bad_files(tmp_path: Path, tiny_backbone) 
     result = extract_features(paths, tiny_backbone, batch_size=2, cache=False, progress=False)
     assert result.paths == [str(p) for p in good]
     assert result.indices.tolist() == [0, 2, 3, 6, 7]
+    assert result.content_hashes == [content_hash(p) for p in good]
     assert result.features.shape == (5, 8) and result.features.dtype == np.float32
     skipped = dict(result.skipped)
     assert set(skipped) == {str(tmp_path / n) for n in ("empty.jpg", "junk.jpg", "gone.jpg")}

@@ -12,6 +12,7 @@ from skimage import data as skdata
 from retrieval.bundle import BundleError, load_bundle, remove_from_bundle
 from retrieval.cli import main
 from retrieval.search import Searcher, add_images, build_index
+from retrieval.storage import content_hash
 from tests import builders
 
 pytestmark = pytest.mark.slow  # builds EfficientNet-Lite0 (a few seconds) and encodes photos
@@ -40,6 +41,7 @@ def test_query_in_the_index_comes_back_first(isolated, model_dir, photos) -> Non
     assert report.added == len(photos)
     assert [Path(p).name for p, _ in report.skipped] == ["broken.jpg"]
     assert report.bundle.model_dir is not None and report.bundle.bits == 32
+    assert all(row["content_hash"] == content_hash(row["path"]) for row in report.bundle.metadata)
 
     searcher = Searcher(isolated / "index")
     for photo in photos:
