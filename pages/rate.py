@@ -7,7 +7,6 @@ from retrieval.app_state import (
     choose_index,
     choose_k,
     get_dataset_queries,
-    open_index,
     open_searcher,
     ratings_store,
     text_remembered,
@@ -51,7 +50,7 @@ with next_area:
         spec = st.text_input("Dataset spec", placeholder="demo, or holidays:/path/to/holidays")
     if st.button("Next query"):
         if source == sources[0]:
-            st.session_state[QUERY_KEY] = random_gallery_query(open_index(index))
+            st.session_state[QUERY_KEY] = random_gallery_query(open_searcher(index).bundle)
         elif source == sources[2]:
             st.switch_page("pages/search.py")
         else:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import streamlit as st
 
-from retrieval.app_state import choose_index, choose_k, open_index, open_searcher, show_grid
+from retrieval.app_state import choose_index, choose_k, open_searcher, show_grid
 from retrieval.app_support import (
     QUERY_KEY,
     live_rows,
@@ -25,7 +25,8 @@ index = choose_index()
 if index is None:
     st.stop()
 k = choose_k()
-bundle = open_index(index)
+searcher = open_searcher(index)
+bundle = searcher.bundle
 rows = {row["id"]: row for row in live_rows(bundle)}
 
 
@@ -66,7 +67,6 @@ with pick_column:
 if st.session_state.get("upload_error"):
     st.error(st.session_state["upload_error"])
 
-searcher = open_searcher(index)
 try:
     results = results_for(st.session_state, searcher, index, k)
 except ImageLoadError as error:

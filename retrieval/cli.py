@@ -139,30 +139,23 @@ def _method_list(text: str) -> list[str]:
     return methods
 
 
-def _load_backbone_for_model(args: argparse.Namespace, config: dict):
-    """The backbone a model was trained on (name, pooling, resize mode, fine-tuned weights)."""
-    from retrieval.backbones import WeightsNotFoundError, load_backbone
-    from retrieval.hashing import backbone_weights_path
+def _load_backbone_for_model(args: argparse.Namespace, model):
+    """The backbone a model was trained on (see ``search.backbone_for_model``), with notes on
+    the command-line choices it overrides."""
+    from retrieval.backbones import WeightsNotFoundError
+    from retrieval.search import backbone_for_model
 
-    if args.backbone not in (AUTO, config.get("backbone")):
-        print(
-            f"note: --backbone {args.backbone} ignored; the model needs {config.get('backbone')}",
-            file=sys.stderr,
-        )
-
-    finetuned = backbone_weights_path(args.model, config)  # HashModelError if named but missing
+    needed = model.config.get("backbone")
+    if args.backbone not in (AUTO, needed):
+        note = f"note: --backbone {args.backbone} ignored; the model needs {needed}"
+        print(note, file=sys.stderr)
+    finetuned = model.backbone_weights()  # HashModelError if named but missing
     if finetuned is not None and args.weights:
         print(
             f"note: --weights ignored; the model brings its fine-tuned {finetuned}", file=sys.stderr
         )
     try:
-        return load_backbone(
-            config.get("backbone"),
-            weights=args.weights,
-            pooling=config.get("pooling", "avg"),
-            resize_mode=config.get("resize_mode", DEFAULT_RESIZE_MODE),
-            finetuned=finetuned,
-        )
+        return backbone_for_model(model, args.weights)
     except (WeightsNotFoundError, ValueError) as error:
         raise SystemExit(f"error: {error}") from None
 
@@ -172,19 +165,13 @@ def _learned_model(args: argparse.Namespace, dataset):
     from retrieval.hashing import (
         HashModelError,
         load_hash_model,
-        read_model_config,
         training_overlap,
     )
 
     try:
-        config = read_model_config(args.model)
-        backbone = _load_backbone_for_model(args, config)
-        model = load_hash_model(
-            args.model,
-            backbone=backbone.name,
-            feature_key=backbone.cache_key,
-            feature_dim=backbone.feature_dim,
-        )
+        model = load_hash_model(args.model)
+        backbone = _load_backbone_for_model(args, model)
+        model.check_backbone(backbone.name, backbone.cache_key, backbone.feature_dim)  # any source
     except HashModelError as error:
         raise SystemExit(f"error: {error}") from None
     model.config["path"] = str(args.model)

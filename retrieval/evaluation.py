@@ -102,20 +102,20 @@ def rank_with_method(
     start = time.perf_counter()
     if method == "float":
         ranking = rank_by_cosine(features.queries, features.database)
-    elif method in BASELINES:
-        if bits is None:
-            raise ValueError(f"method {method!r} needs a number of bits")
-        encoder = BinaryEncoder(method, bits, seed=seed).fit(features.database)
-        database_codes = pack_bits(encoder.encode(features.database))
-        query_codes = pack_bits(encoder.encode(features.queries))
-        timing["encode_s"] = time.perf_counter() - start
-        start = time.perf_counter()
-        ranking = rank_by_hamming(query_codes, database_codes)
-    elif method == LEARNED:
-        if model is None:
-            raise ValueError("method 'learned' needs a trained model (--model DIR)")
-        database_codes = model.encode_packed(features.database)
-        query_codes = model.encode_packed(features.queries)
+    elif method in (*BASELINES, LEARNED):
+        if method == LEARNED:
+            if model is None:
+                raise ValueError("method 'learned' needs a trained model (--model DIR)")
+            encode = model.encode_packed
+        else:
+            if bits is None:
+                raise ValueError(f"method {method!r} needs a number of bits")
+            encoder = BinaryEncoder(method, bits, seed=seed).fit(features.database)
+
+            def encode(x: np.ndarray) -> np.ndarray:
+                return pack_bits(encoder.encode(x))
+
+        database_codes, query_codes = encode(features.database), encode(features.queries)
         timing["encode_s"] = time.perf_counter() - start
         start = time.perf_counter()
         ranking = rank_by_hamming(query_codes, database_codes)
