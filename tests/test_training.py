@@ -251,13 +251,16 @@ def test_unknown_mining_is_refused():
         TrainConfig(mining="random")
 
 
-@pytest.mark.parametrize("mining", ["batch-hard", "semi-hard"])
+@pytest.mark.parametrize("mining", ["batch-hard", "semi-hard", "batch-all"])
 def test_each_miner_trains(mining):
     x, groups = clustered(8, 6, seed=1)
+    untrained = HashModel(build_hash_head(x.shape[1], 16, seed=0)).encode(x)
     config = TrainConfig(bits=16, mining=mining, epochs=3, batches_per_epoch=4, p=4, k=3)
-    _, result = train_hash_head(x, groups, config, verbose=0)
+    model, result = train_hash_head(x, groups, config, verbose=0)
     assert all(np.isfinite(result.history["loss"]))
-    assert keras.backend.backend() in ("tensorflow", "jax", "torch")
+    # Same start (seed 0), a few steps: retrieval of the training groups gets clearly better.
+    before = leave_one_out_map(untrained, groups)
+    assert leave_one_out_map(model.encode(x), groups) > before + 0.05
 
 
 def test_fine_tune_step_updates_backbone_and_head():
